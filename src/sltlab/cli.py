@@ -1,0 +1,55 @@
+"""`sltlab` command line. Each subcommand lives in `sltlab.commands.<name>` and registers itself."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from sltlab.errors import SltlabError
+
+DESCRIPTION = """\
+sltlab: strong lottery tickets in transformers, with LayerNorm as a first-class knob.
+
+A strong lottery ticket is a binary mask over the weights of a randomly initialised
+network, found without training the weights. Every run is recorded in a SQLite store
+(default runs/sltlab.db) keyed by a hash of its config, so sweeps resume where they stopped.
+Run `sltlab COMMAND --help` for the details of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import sltlab.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"sltlab.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except SltlabError as err:
+        if args.debug:
+            raise
+        print(f"sltlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sltlab: interrupted; finished runs are kept in the store", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The library's own exceptions. The CLI prints their message and exits 2, with no traceback."""
+
+
+class SltlabError(Exception):
+    """Base class: anything a user can fix from the message alone."""
+
+
+class ConfigError(SltlabError, ValueError):
+    """A config field has a bad value. The message names the field and what it accepts."""
+
+    def __init__(self, field: str, problem: str, accepts: str | None = None):
+        self.field = field
+        msg = f"config field '{field}': {problem}"
+        if accepts:
+            msg += f" (accepts: {accepts})"
+        super().__init__(msg)
+
+
+class DataError(SltlabError):
+    """Input data is missing or malformed. The message names the file (and line) and the setting to change."""
+
+
+class ArtifactError(SltlabError):
+    """A ticket artifact is truncated, corrupted, of a wrong kind or of a newer format."""
+
+
+class StoreError(SltlabError):
+    """The results store cannot answer (unknown run id, unreadable file)."""

@@ -1,0 +1,150 @@
+"""Seeded initialisation: every tensor is a pure function of (seed, parameter name, shape, scheme).
+
+The weights of a base network are never stored: generating a parameter draws from its own torch.Generator whose
+seed is a SHA-256 of those four things, on the CPU in float32, so the result does not depend on the order in which
+parameters are created, on the process, or on the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from sltlab.errors import ConfigError
+
+Scheme = Literal[
+    "kaiming-uniform", "kaiming-normal", "xavier-uniform", "signed-constant", "scaled-signed-constant", "theory"
+]
+INIT_SCHEMES: tuple[str, ...] = (
+    "kaiming-uniform", "kaiming-normal", "xavier-uniform", "signed-constant", "scaled-signed-constant", "theory"
+)
+
+
+@dataclass(frozen=True)
+class InitSpec:
+    """How the random base network is drawn.
+
+    scheme: kaiming-uniform | kaiming-normal | xavier-uniform | signed-constant | scaled-signed-constant | theory
+    gain: multiplies every weight (the init scale; the theory's subset sums depend on it).
+    density: for scaled-signed-constant, the kept fraction k of the ticket; weights are divided by sqrt(k) so the
+      ticket's activations keep their scale (Ramanujan et al. 2020).
+    theory: query/key ~ U[-n_k^(1/4), n_k^(1/4)], value/output ~ U[-1, 1] (Otsuka et al. 2025); the attention
+      scales logits by 1/sqrt(n_k) as always; other weights fall back to kaiming-uniform.
+    """
+
+    scheme: Scheme = "kaiming-uniform"
+    seed: int = 0
+    gain: float = 1.0
+    density: float = 1.0
+
+    def validate(self) -> None:
+        if self.scheme not in INIT_SCHEMES:
+            raise ConfigError("init.scheme", f"unknown scheme {self.scheme!r}", " | ".join(INIT_SCHEMES))
+        if not (0 < self.density <= 1):
+            raise ConfigError("init.density", f"{self.density} is out of range", "a number in (0, 1]")
+        if self.gain <= 0:
+            raise ConfigError("init.gain", f"{self.gain} must be positive", "a number > 0")
+        if not (0 <= self.seed < 2**63):
+            raise ConfigError("init.seed", f"{self.seed} is out of range", "an integer in [0, 2^63)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+
+def _generator(seed: int, name: str, shape: tuple[int, ...], scheme: str) -> torch.Generator:
+    key = f"sltlab-v1|{seed}|{name}|{'x'.join(map(str, shape))}|{scheme}".encode()
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1))
+    return g
+
+
+def seeded_uniform(seed: int, name: str, shape: tuple[int, ...], tag: str, low: float, high: float) -> torch.Tensor:
+    g = _generator(seed, name, shape, tag)
+    return torch.rand(shape, generator=g, dtype=torch.float32) * (high - low) + low
+
+
+def seeded_normal(seed: int, name: str, shape: tuple[int, ...], tag: str, std: float) -> torch.Tensor:
+    g = _generator(seed, name, shape, tag)
+    return torch.randn(shape, generator=g, dtype=torch.float32) * std
+
+
+def param_role(name: str) -> str:
+    """q, k, v, o, mlp, embedding or other, from our naming (blocks.N.attn.q.weight ...)."""
+    parts = name.split(".")
+    in_attention = "attn" in parts or len(parts) == 2  # a standalone MultiHeadAttention names them q.weight ...
+    if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in ("q", "k", "v", "o") and in_attention:
+        return parts[-2]
+    if "emb" in name:
+        return "embedding"
+    return "other"
+
+
+def canonical_name(name: str) -> str:
+    """Strip parametrization plumbing so a masked model draws the same weights as a plain one."""
+    return name.replace(".parametrizations.", ".").replace(".original", "")
+
+
+def seeded_tensor(
+    spec: InitSpec, name: str, shape: tuple[int, ...], *, n_k: int | None = None
+) -> torch.Tensor:
+    """The weight tensor called `name` of this shape, under `spec`. Biases and norms are handled by init_model."""
+    shape = tuple(int(s) for s in shape)
+    role = param_role(name)
+    if role == "embedding" or len(shape) == 1:
+        fan_in = fan_out = 1
+    else:
+        fan_in = math.prod(shape[1:])
+        fan_out = shape[0]
+    g = spec.gain
+    scheme = spec.scheme
+    if scheme == "theory":
+        if role in ("q", "k"):
+            if n_k is None:
+                raise ConfigError("init.scheme", f"'theory' needs the per-head width n_k for {name}")
+            b = g * n_k ** 0.25
+            return seeded_uniform(spec.seed, name, shape, scheme, -b, b)
+        if role in ("v", "o"):
+            return seeded_uniform(spec.seed, name, shape, scheme, -g, g)
+        scheme = "kaiming-uniform"
+    if scheme == "kaiming-uniform":
+        b = g * math.sqrt(3.0 / fan_in)
+        return seeded_uniform(spec.seed, name, shape, scheme, -b, b)
+    if scheme == "kaiming-normal":
+        return seeded_normal(spec.seed, name, shape, scheme, g / math.sqrt(fan_in))
+    if scheme == "xavier-uniform":
+        b = g * math.sqrt(6.0 / (fan_in + fan_out)) if fan_in + fan_out > 2 else g * math.sqrt(3.0)
+        return seeded_uniform(spec.seed, name, shape, scheme, -b, b)
+    if scheme in ("signed-constant", "scaled-signed-constant"):
+        std = g / math.sqrt(fan_in)
+        if scheme == "scaled-signed-constant":
+            std /= math.sqrt(spec.density)
+        draw = seeded_normal(spec.seed, name, shape, "kaiming-normal", 1.0)
+        return torch.where(draw >= 0, std, -std).to(torch.float32)
+    raise ConfigError("init.scheme", f"unknown scheme {scheme!r}", " | ".join(INIT_SCHEMES))
+
+
+@torch.no_grad()
+def init_model(model: nn.Module, spec: InitSpec) -> nn.Module:
+    """Overwrite every parameter of `model` from `spec`: weights by the scheme, biases 0, norm gains and scales 1.
+
+    Works on any nn.Module (ours or a Hugging Face one). Supermask scores are left alone: they have their own seed.
+    """
+    n_k_of = {name: getattr(m, "head_dim_qk", None) for name, m in model.named_modules()}
+    for raw_name, p in model.named_parameters():
+        if raw_name.endswith("scores"):
+            continue
+        name = canonical_name(raw_name)
+        leaf = name.rsplit(".", 1)[-1]
+        if p.ndim >= 2:
+            attn_name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+            p.copy_(seeded_tensor(spec, name, tuple(p.shape), n_k=n_k_of.get(attn_name)))
+        elif leaf == "bias":
+            p.zero_()
+        else:
+            p.fill_(1.0)
+    return model

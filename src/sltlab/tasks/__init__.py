@@ -1,0 +1,1 @@
+"""Tasks: the approximation study, GLUE, byte-level LM, PEFT baselines."""

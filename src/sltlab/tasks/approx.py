@@ -1,0 +1,268 @@
+"""The approximation study (Otsuka et al. 2025): does a wider random attention contain a ticket that imitates a target?
+
+Target: a multi-head attention (arch "mha": a bare MHA under the norm spec, no residual) or a stack of residual blocks
+(arch "stack"), weights drawn from a seed. Source: the same kind, same d_model, heads and norm spec, but per-head
+query/key/value width n (swept); random and frozen. The ticket is the mask on the source that minimises the mean
+squared output error to the target on random Gaussian inputs (plus the norm affine for a LayerNorm-integrated ticket,
+variant "...+affine" or "ln-integrated"). On held-out inputs we report the relative error, the max per-token l2
+error, the error relative to the attention branch's contribution, and per-block errors for stacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from sltlab.errors import ConfigError
+from sltlab.nn.init import INIT_SCHEMES, InitSpec
+from sltlab.nn.norm import NormSpec
+from sltlab.nn.spec import ModelSpec, build_model
+from sltlab.nn.transformer import ModelConfig
+from sltlab.runs.config import check_range
+from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
+
+VARIANT_ALIASES = {"ln-integrated": "pre-ln+affine", "no-ln": "none"}
+SEARCH_METHODS = ("edge-popup", "annealed")
+METHODS = (*SEARCH_METHODS, "construct")
+
+
+def variant_norm(variant: str, field_name: str = "study.variants") -> NormSpec:
+    return NormSpec.parse(VARIANT_ALIASES.get(variant, variant), field=field_name)
+
+
+@dataclass(frozen=True)
+class ApproxStudy:
+    """A sweep: widths x heads x variants x methods x seeds x score seeds. Every cell is one run in the store."""
+
+    name: str = "approx"
+    module: Literal["mha", "stack"] = "mha"
+    d_model: int = 16
+    heads: tuple[int, ...] = (2,)
+    target_width: int | None = None
+    n_blocks: int = 1
+    mlp: bool = False
+    widths: tuple[int, ...] = (8, 16, 32, 64)
+    variants: tuple[str, ...] = ("none", "pre-ln", "post-ln", "ln-integrated")
+    methods: tuple[str, ...] = ("edge-popup",)
+    seeds: tuple[int, ...] = (0, 1)
+    score_seeds: tuple[int, ...] = (0,)
+    keep: float = 0.5
+    scale: Literal["none", "layer", "head"] = "layer"
+    target_init: str = "kaiming-uniform"
+    source_init: str = "kaiming-uniform"
+    source_gain: float = 1.0
+    seq_len: int = 8
+    n_train: int = 4096
+    n_test: int = 1024
+    batch_size: int = 128
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(steps=300, lr=0.05))
+    store: str = "runs/sltlab.db"
+    out_dir: str = "runs/approx"
+
+    def target_n_k(self, n_heads: int) -> int:
+        return self.target_width if self.target_width is not None else max(1, self.d_model // n_heads)
+
+    def validate(self) -> None:
+        if self.module not in ("mha", "stack"):
+            raise ConfigError("study.module", f"unknown module {self.module!r}", "mha | stack")
+        check_range("study.keep", self.keep, 0.0, 1.0, lo_open=True)
+        for i, v in enumerate(self.variants):
+            variant_norm(v, f"study.variants[{i}]")
+        for i, m in enumerate(self.methods):
+            if m not in METHODS:
+                raise ConfigError(f"study.methods[{i}]", f"unknown method {m!r}", " | ".join(METHODS))
+        for name in ("target_init", "source_init"):
+            if getattr(self, name) not in INIT_SCHEMES:
+                raise ConfigError(f"study.{name}", f"unknown scheme {getattr(self, name)!r}", " | ".join(INIT_SCHEMES))
+        if not self.widths:
+            raise ConfigError("study.widths", "is empty", "a list of source widths, e.g. [8, 16, 32]")
+        for h in self.heads:
+            if h < 1:
+                raise ConfigError("study.heads", f"{h} heads", "integers >= 1")
+            tw = self.target_n_k(h)
+            for i, w in enumerate(self.widths):
+                if w < tw:
+                    raise ConfigError(
+                        f"study.widths[{i}]",
+                        f"source width {w} is smaller than the target's per-head width {tw} (heads={h})",
+                        f"widths >= {tw}; a source must be at least as wide as its target",
+                    )
+        for name in ("d_model", "n_blocks", "seq_len", "n_train", "n_test", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"study.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1")
+        if not self.seeds or not self.score_seeds:
+            raise ConfigError("study.seeds", "needs at least one seed and one score seed")
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "widths", "variants", "methods", "seeds", "score_seeds"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.validate()
+
+    def cells(self) -> list[ApproxRun]:
+        out = []
+        for h in self.heads:
+            for variant in self.variants:
+                for method in self.methods:
+                    for width in self.widths:
+                        for seed in self.seeds:
+                            for score_seed in self.score_seeds:
+                                out.append(ApproxRun(self, h, variant, method, width, seed, score_seed))
+        return out
+
+
+@dataclass(frozen=True)
+class ApproxRun:
+    study: ApproxStudy
+    n_heads: int
+    variant: str
+    method: str
+    width: int
+    seed: int
+    score_seed: int
+
+    @property
+    def norm(self) -> NormSpec:
+        return variant_norm(self.variant)
+
+    def config_dict(self) -> dict[str, Any]:
+        """What the store hashes: the run's own settings, not the sweep's other cells."""
+        s = self.study
+        return {
+            "study": s.name, "module": s.module, "d_model": s.d_model, "n_heads": self.n_heads,
+            "target_width": s.target_n_k(self.n_heads), "n_blocks": s.n_blocks if s.module == "stack" else 1,
+            "mlp": s.mlp if s.module == "stack" else False, "variant": self.variant, "norm": self.norm.name,
+            "width": self.width, "method": self.method, "seed": self.seed, "score_seed": self.score_seed,
+            "keep": s.keep, "scale": s.scale, "target_init": s.target_init, "source_init": s.source_init,
+            "source_gain": s.source_gain, "seq_len": s.seq_len, "n_train": s.n_train, "n_test": s.n_test,
+            "batch_size": s.batch_size, "search": asdict(s.search),
+        }
+
+    def target_spec(self) -> ModelSpec:
+        s = self.study
+        tw = s.target_n_k(self.n_heads)
+        norm = replace(self.norm, affine="frozen")
+        cfg = ModelConfig(
+            d_model=s.d_model, n_heads=self.n_heads, n_layers=s.n_blocks, n_k=tw, n_v=tw,
+            d_ff=4 * s.d_model, mlp=s.mlp, norm=norm, final_norm=False,
+        )
+        arch = "mha" if s.module == "mha" else "stack"
+        # The target's weights come from the run seed; the source's from a different stream of the same seed.
+        return ModelSpec(arch, cfg, InitSpec(scheme=s.target_init, seed=self.seed))  # type: ignore[arg-type]
+
+    def source_spec(self) -> ModelSpec:
+        s = self.study
+        t = self.target_spec()
+        tw = t.model.head_dim_qk
+        cfg = replace(t.model, n_k=self.width, n_v=self.width, d_ff=t.model.ff_width * self.width // tw,
+                      norm=self.norm)
+        mask = None
+        if self.method in SEARCH_METHODS or self.method == "construct":
+            mask = SupermaskConfig(
+                method="annealed" if self.method == "annealed" else "edge-popup", keep=s.keep,
+                scale=s.scale, train_norm=self.norm.affine == "trainable", seed=self.score_seed,
+            )
+        init = InitSpec(scheme=s.source_init, seed=10_000 + self.seed, gain=s.source_gain)  # type: ignore[arg-type]
+        return ModelSpec(t.arch, cfg, init, mask)
+
+
+def random_inputs(seed: int, n: int, seq_len: int, d: int, tag: str) -> torch.Tensor:
+    from sltlab.nn.init import seeded_normal
+
+    return seeded_normal(seed, f"approx-inputs-{tag}", (n, seq_len, d), "inputs", 1.0)
+
+
+def forward_out(model: nn.Module, x: torch.Tensor, return_hidden: bool = False, skip: frozenset[int] = frozenset()):
+    """Uniform call for NormedAttention and Stack: returns (output, per-block hidden list)."""
+    if hasattr(model, "blocks"):
+        y, _, hidden = model(x, return_hidden=return_hidden, skip_attn=skip)
+        return y, hidden
+    y, _ = model(x, skip_attn=bool(skip))
+    return y, [y]
+
+
+@torch.no_grad()
+def evaluate_pair(source: nn.Module, target: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    source.eval()
+    target.eval()
+    ys, hs = forward_out(source, x, return_hidden=True)
+    yt, ht = forward_out(target, x, return_hidden=True)
+    n_blocks = len(ht)
+    diff = ys - yt
+    rel = float(diff.norm() / yt.norm().clamp_min(1e-30))
+    max_tok = float(diff.norm(dim=-1).max())
+    y_noattn, _ = forward_out(target, x, skip=frozenset(range(n_blocks)))
+    branch = float(diff.norm() / (yt - y_noattn).norm().clamp_min(1e-30))
+    per_block, per_block_branch = [], []
+    for b in range(n_blocks):
+        d_b = (hs[b] - ht[b]).norm()
+        per_block.append(float(d_b / ht[b].norm().clamp_min(1e-30)))
+        _, h_skip = forward_out(target, x, return_hidden=True, skip=frozenset({b}))
+        per_block_branch.append(float(d_b / (ht[b] - h_skip[b]).norm().clamp_min(1e-30)))
+    return {
+        "rel_error": rel, "max_token_error": max_tok, "branch_rel_error": branch,
+        "per_block_rel_error": per_block, "per_block_branch_rel_error": per_block_branch,
+    }
+
+
+TicketFinder = Callable[[ApproxRun, nn.Module, nn.Module, torch.Tensor, torch.Tensor, bool], dict[str, Any]]
+
+
+def search_ticket(run: ApproxRun, source: nn.Module, target: nn.Module, x_train: torch.Tensor,
+                  y_train: torch.Tensor, progress: bool) -> dict[str, Any]:
+    """Gradient search (edge-popup or annealed) of the source's mask on the normalised output MSE."""
+    s = run.study
+    gen = torch.Generator().manual_seed(run.seed * 7919 + run.score_seed)
+    denom = y_train.pow(2).mean().clamp_min(1e-12)
+
+    def batches():
+        while True:
+            idx = torch.randint(0, x_train.shape[0], (s.batch_size,), generator=gen)
+            yield x_train[idx], y_train[idx]
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        xb, yb = batch
+        out, _ = forward_out(model, xb)
+        return (out - yb).pow(2).mean() / denom
+
+    history = run_search(source, loss_fn, batches(), s.search, progress=progress,
+                         desc=f"{run.variant} n={run.width} s={run.seed}")
+    return {"final_loss": history[-1]["loss"] if history else float("nan"), "steps": s.search.steps}
+
+
+def finder_for(method: str) -> TicketFinder:
+    if method in SEARCH_METHODS:
+        return search_ticket
+    if method == "construct":
+        from sltlab.tickets import construct
+
+        return construct.approx_finder  # type: ignore[attr-defined]
+    raise ConfigError("study.methods", f"unknown method {method!r}", " | ".join(METHODS))
+
+
+def run_cell(run: ApproxRun, progress: bool = False) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Find and evaluate one ticket. Returns (source model, metrics, timings)."""
+    s = run.study
+    t0 = time.perf_counter()
+    target = build_model(run.target_spec())
+    source = build_model(run.source_spec())
+    x_train = random_inputs(run.seed, s.n_train, s.seq_len, s.d_model, "train")
+    x_test = random_inputs(run.seed, s.n_test, s.seq_len, s.d_model, "test")
+    with torch.no_grad():
+        target.eval()
+        y_train, _ = forward_out(target, x_train)
+    t1 = time.perf_counter()
+    extra = finder_for(run.method)(run, source, target, x_train, y_train, progress)
+    t2 = time.perf_counter()
+    metrics = evaluate_pair(source, target, x_test)
+    metrics.update(extra)
+    if supermasks(source):
+        metrics["density"] = mask_density(source)
+        metrics["per_layer_density"] = {k: float(m.float().mean()) for k, m in get_masks(source).items()}
+    timings = {"setup_s": t1 - t0, "search_s": t2 - t1, "eval_s": time.perf_counter() - t2}
+    return source, metrics, timings

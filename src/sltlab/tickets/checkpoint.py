@@ -1,0 +1,108 @@
+"""Checkpoints: the tensors a run trained (never the seeded weights) as safetensors, the ModelSpec as JSON metadata,
+and a SHA-256 over the tensors. Loading rebuilds the model from the spec, then loads and checks the tensors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from sltlab.errors import ArtifactError
+from sltlab.nn.spec import ModelSpec, build_model
+
+FORMAT = "sltlab-checkpoint-1"
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def trained_tensors(model: nn.Module, which: Literal["trainable", "all"] = "trainable") -> dict[str, torch.Tensor]:
+    """'trainable': scores and every parameter with requires_grad; 'all': the whole state dict (dense, IMP)."""
+    if which == "all":
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {
+        name: p.detach().clone()
+        for name, p in model.named_parameters()
+        if p.requires_grad or name.endswith(".scores")
+    }
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    which: Literal["trainable", "all"] = "trainable",
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write atomically to `path` (a .safetensors file). `extra`: more named tensors (e.g. IMP masks)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = trained_tensors(model, which)
+    for k, v in (extra or {}).items():
+        tensors[f"extra::{k}"] = v.detach().clone()
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    meta = {"format": FORMAT, "spec": spec.to_json(), "which": which, "sha256": _digest(tensors)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
+    if meta.get("format") != FORMAT:
+        raise ArtifactError(f"{path} is not an sltlab checkpoint (format {meta.get('format')!r}, want {FORMAT})")
+    if _digest(tensors) != meta.get("sha256"):
+        raise ArtifactError(f"checkpoint {path} fails its SHA-256 check: the file is corrupted")
+    try:
+        spec = ModelSpec.from_json(meta["spec"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"checkpoint {path} has no valid model spec: {err}") from err
+    return spec, tensors, meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model from its spec (weights regenerated from the seed) and load the trained tensors."""
+    spec, tensors, _ = read_checkpoint(path)
+    model = build_model(spec)
+    state = {k: v for k, v in tensors.items() if not k.startswith("extra::")}
+    missing = set(state) - set(model.state_dict())
+    if missing:
+        raise ArtifactError(f"checkpoint {path} has tensors the model lacks: {sorted(missing)[:5]}")
+    with torch.no_grad():
+        own = dict(model.named_parameters())
+        own.update(dict(model.named_buffers()))
+        for k, v in state.items():
+            own[k].copy_(v)
+    model.eval()
+    return model, spec
+
+
+def checkpoint_extras(path: str | Path) -> dict[str, torch.Tensor]:
+    _, tensors, _ = read_checkpoint(path)
+    return {k[len("extra::"):]: v for k, v in tensors.items() if k.startswith("extra::")}
