@@ -31,6 +31,7 @@ class InitSpec:
 
     scheme: kaiming-uniform | kaiming-normal | xavier-uniform | signed-constant | scaled-signed-constant | theory
     gain: multiplies every weight (the init scale; the theory's subset sums depend on it).
+      The kaiming schemes use std = gain / sqrt(fan_in) (linear/GELU convention; gain=sqrt(2) gives He's ReLU one).
     density: for scaled-signed-constant, the kept fraction k of the ticket; weights are divided by sqrt(k) so the
       ticket's activations keep their scale (Ramanujan et al. 2020).
     theory: query/key ~ U[-n_k^(1/4), n_k^(1/4)], value/output ~ U[-1, 1] (Otsuka et al. 2025); the attention

@@ -245,6 +245,13 @@ def finder_for(method: str) -> TicketFinder:
     raise ConfigError("study.methods", f"unknown method {method!r}", " | ".join(METHODS))
 
 
+def load_study(path: str) -> ApproxStudy:
+    """Read a study from TOML: ApproxStudy's fields at the top level, the search settings in a [search] table."""
+    from sltlab.runs.config import from_dict, load_toml
+
+    return from_dict(ApproxStudy, load_toml(path), prefix="study")
+
+
 def run_cell(run: ApproxRun, progress: bool = False) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Find and evaluate one ticket. Returns (source model, metrics, timings)."""
     s = run.study
@@ -266,3 +273,40 @@ def run_cell(run: ApproxRun, progress: bool = False) -> tuple[nn.Module, dict[st
         metrics["per_layer_density"] = {k: float(m.float().mean()) for k, m in get_masks(source).items()}
     timings = {"setup_s": t1 - t0, "search_s": t2 - t1, "eval_s": time.perf_counter() - t2}
     return source, metrics, timings
+
+
+KIND = "approx"
+
+
+def run_study(study: ApproxStudy, store_path: str | None = None, progress: bool = True,
+              log: Callable[[str], None] = print) -> list[str]:
+    """Run every cell of the study not yet finished in the store; return all the cells' run ids, in order.
+
+    Each finished cell is committed at once (metrics in SQLite, the ticket as safetensors beside it), so an
+    interrupted sweep resumes where it stopped.
+    """
+    from tqdm import tqdm
+
+    from sltlab.runs.store import Store, make_run_id
+    from sltlab.tickets.checkpoint import save_checkpoint
+
+    cells = study.cells()
+    ids = [make_run_id(KIND, c.config_dict(), c.seed) for c in cells]
+    with Store(store_path or study.store) as store:
+        todo = [(c, i) for c, i in zip(cells, ids, strict=True) if not store.is_finished(i)]
+        if len(todo) < len(cells):
+            log(f"approx: {len(cells) - len(todo)} of {len(cells)} cells already finished in {store.path}; "
+                f"running {len(todo)}")
+        bar = tqdm(todo, desc=f"approx {study.name}", disable=not progress, dynamic_ncols=True)
+        for cell, run_id in bar:
+            bar.set_postfix_str(f"h={cell.n_heads} {cell.variant} {cell.method} n={cell.width} s={cell.seed}")
+            store.start(KIND, cell.config_dict(), cell.seed)
+            try:
+                source, metrics, timings = run_cell(cell, progress=False)
+                if supermasks(source):
+                    save_checkpoint(store.artifact_dir(run_id) / "ticket.safetensors", source, cell.source_spec())
+            except BaseException as err:
+                store.fail(run_id, f"{type(err).__name__}: {err}")
+                raise
+            store.finish(run_id, metrics, timings)
+    return ids

@@ -159,7 +159,8 @@ class Supermask(nn.Module):
 
     def mask_for_forward(self) -> torch.Tensor:
         if self.method == "edge-popup":
-            return _StraightThrough.apply(self.scores, self.hard_mask())
+            # Through |scores|, as the mask ranks |scores|: the gradient reaches a negative score with its sign flipped.
+            return _StraightThrough.apply(self.scores.abs(), self.hard_mask())
         if not self.training:
             return self.hard_mask()
         p = torch.sigmoid(self.scores / self.temperature)

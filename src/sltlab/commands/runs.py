@@ -1,0 +1,71 @@
+"""`sltlab runs list|show|export`: look into the results store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+EPILOG = """\
+examples:
+  sltlab runs list                         # finished runs of every kind
+  sltlab runs list --kind approx --status all
+  sltlab runs show approx-3f2a             # one run: config, metrics, timings (id prefixes are fine)
+  sltlab runs export --kind glue --csv glue.csv
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list, show or export the runs in the store",
+                       description="Look into the SQLite results store (one row per run, keyed by config hash).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["list", "show", "export"])
+    p.add_argument("run_id", nargs="?", help="for show: a run id or a unique prefix")
+    p.add_argument("--store", default="runs/sltlab.db", help="SQLite store (default runs/sltlab.db)")
+    p.add_argument("--kind", help="only runs of this kind (approx, glue, peft, lm, theory, ...)")
+    p.add_argument("--status", default="finished", help="finished (default), running, failed or all")
+    p.add_argument("--csv", help="for export: write this CSV file (default: stdout)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from sltlab.analysis.approx_summary import records_csv
+    from sltlab.errors import ConfigError, StoreError
+    from sltlab.runs.store import Store, atomic_write_text
+
+    if not Path(args.store).is_file():
+        raise StoreError(f"no store at {args.store}; run a study first or pass --store PATH")
+    status = None if args.status == "all" else args.status
+    with Store(args.store) as store:
+        if args.action == "show":
+            if not args.run_id:
+                raise ConfigError("run_id", "missing", "a run id or prefix: sltlab runs show RUN_ID")
+            rec = store.get(args.run_id)
+            print(json.dumps({"run_id": rec.run_id, "kind": rec.kind, "status": rec.status, "seed": rec.seed,
+                              "config": rec.config, "metrics": rec.metrics, "timings": rec.timings,
+                              "error": rec.error, "code_version": rec.code_version}, indent=2))
+            return 0
+        records = store.runs(args.kind, status)
+        if args.action == "export":
+            text = records_csv(records) if records else ""
+            if args.csv:
+                atomic_write_text(args.csv, text)
+                print(f"wrote {len(records)} runs to {args.csv}")
+            else:
+                sys.stdout.write(text)
+            return 0
+        if not records:
+            print(f"no {args.status} runs" + (f" of kind {args.kind}" if args.kind else "") + f" in {args.store}")
+            return 0
+        print(f"{'run id':<24} {'status':<9} {'started (UTC)':<17} summary")
+        for r in records:
+            when = datetime.fromtimestamp(r.started, UTC).strftime("%Y-%m-%d %H:%M") if r.started else "-"
+            keys = [k for k in ("task", "variant", "method", "norm", "width", "seed") if k in r.config]
+            summary = " ".join(f"{k}={r.config[k]}" for k in keys)
+            main_metric = next((f"{k}={r.metrics[k]:.4g}" for k in ("rel_error", "main", "val_bpb")
+                                if isinstance(r.metrics.get(k), int | float)), "")
+            print(f"{r.run_id:<24} {r.status:<9} {when:<17} {summary} {main_metric}")
+        return 0
