@@ -19,7 +19,8 @@ from sltlab.tickets.supermask import (
 
 
 def _encoder(tiny_cfg, mask, norm="none"):
-    return build_model(ModelSpec("encoder-classifier", tiny_cfg.with_norm(NormSpec.parse(norm)), InitSpec(seed=0), mask))
+    cfg = tiny_cfg.with_norm(NormSpec.parse(norm))
+    return build_model(ModelSpec("encoder-classifier", cfg, InitSpec(seed=0), mask))
 
 
 def _toy_batches(n_out=3, seed=0):
@@ -65,21 +66,31 @@ def test_search_changes_masks_not_weights_and_lowers_loss(tiny_cfg):
     assert sum(h["loss"] for h in hist[-10:]) < sum(h["loss"] for h in hist[:10])
 
 
-def test_negative_scores_get_the_gradient_with_their_sign():
-    # The mask ranks |s|: a weight that should be kept must grow |s| whatever the sign of s.
+def test_straight_through_gradient_reaches_scores_of_dropped_weights():
+    # Both weights help (we want a larger output); only one is kept, yet both scores must be pushed up.
     lin = nn.Linear(2, 1, bias=False)
     with torch.no_grad():
-        lin.weight.copy_(torch.tensor([[1.0, 1.0]]))
+        lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
     apply_supermask(lin, SupermaskConfig(keep=0.5))
     sm = supermasks(lin)[""]
     with torch.no_grad():
-        sm.scores.copy_(torch.tensor([[-0.2, 0.1]]))  # |-0.2| wins: weight 0 kept
+        sm.scores.copy_(torch.tensor([[-0.2, -0.5]]))  # ranking the scores themselves: weight 0 is kept
+    assert torch.equal(sm.hard_mask(), torch.tensor([[1.0, 0.0]]))
     y = lin(torch.tensor([[1.0, 1.0]]))
-    (-y).sum().backward()  # we want a larger output: both weights are useful
-    assert sm.scores.grad[0, 0] > 0 or sm.scores.grad[0, 0] < 0
-    # a descent step on s must increase |s| for both entries
-    new = sm.scores.detach() - 0.01 * sm.scores.grad
-    assert torch.all(new.abs() > sm.scores.detach().abs())
+    (-y).sum().backward()
+    assert torch.allclose(sm.scores.grad, torch.tensor([[-1.0, -2.0]]))  # dL/ds = dL/dW_eff * W
+
+
+def test_annealed_gradient_matches_sigmoid_straight_through():
+    lin = nn.Linear(3, 1, bias=False)
+    apply_supermask(lin, SupermaskConfig(method="annealed", keep=0.5, temperature=0.7))
+    sm = supermasks(lin)[""]
+    lin.train()
+    x = torch.ones(1, 3)
+    lin(x).sum().backward()
+    w = lin.parametrizations.weight.original
+    p = torch.sigmoid(sm.scores.detach() / 0.7)
+    assert torch.allclose(sm.scores.grad, w * p * (1 - p) / 0.7)
 
 
 def test_bake_gives_same_outputs_as_masked_model(tiny_cfg):

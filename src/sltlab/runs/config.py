@@ -112,7 +112,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a missing or malformed file gives one clear ConfigError line."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError("config", f"file {str(p)!r} does not exist", "a path to a .toml config, e.g. configs/approx_quick.toml")
+        raise ConfigError("config", f"file {str(p)!r} does not exist",
+                          "a path to a .toml config, e.g. configs/approx_quick.toml")
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:

@@ -176,7 +176,9 @@ class Store:
         if exact:
             return self._record(exact[0])
         if not rows:
-            raise StoreError(f"no run {run_id!r} in {self.path}; `sltlab runs list --store {self.path}` lists them")
+            raise StoreError(
+                f"no run {run_id!r} in {self.path}; `sltlab runs list --store {self.path}` lists them"
+            )
         if len(rows) > 1:
             raise StoreError(f"run id prefix {run_id!r} is ambiguous in {self.path}: {', '.join(r[0] for r in rows[:5])}")
         return self._record(rows[0])
