@@ -1,10 +1,11 @@
 """Statistics for comparing norm variants over a handful of seeds.
 
-Why these and not t-tests: with 2-5 seeds per cell nothing is known about the distributions, so the report uses
-rank tests (Mann-Whitney U for two groups, Kruskal-Wallis H for several), percentile bootstrap intervals for means
-and differences of means, and effect sizes that do not assume normality (Cliff's delta / rank-biserial correlation,
-epsilon-squared for Kruskal-Wallis) next to Hedges' g for readers used to it. Every function accepts plain sequences,
-drops NaNs, and returns NaN (never raises) when there are too few values, so a partial store still gives a report.
+Why these and not t-tests: with 2-5 seeds per cell nothing is known about the distributions, so the report
+uses rank tests (Mann-Whitney U for two groups, Kruskal-Wallis H for several), percentile bootstrap intervals
+for means and differences of means, and effect sizes that do not assume normality (Cliff's delta /
+rank-biserial correlation, epsilon-squared for Kruskal-Wallis) next to Hedges' g for readers used to it. Every
+function accepts plain sequences, drops NaNs, and returns NaN (never raises) when there are too few values, so
+a partial store still gives a report.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def bootstrap_ci(
 ) -> Interval:
     """Percentile bootstrap interval of `stat` over values (e.g. one value per seed).
 
-    With one value the interval is (NaN, NaN): a single seed says nothing about seed-to-seed spread. Seeded, so the
-    report is reproducible.
+    With one value the interval is (NaN, NaN): a single seed says nothing about seed-to-seed spread. Seeded,
+    so the report is reproducible.
     """
     a = _clean(values)
     if a.size == 0:
@@ -68,7 +69,9 @@ def bootstrap_ci(
     idx = rng.integers(0, a.size, size=(n_boot, a.size))
     boots = np.array([stat(a[i]) for i in idx], dtype=float)
     alpha = (1.0 - level) / 2.0
-    return Interval(est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1.0 - alpha)), level, int(a.size))
+    return Interval(
+        est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1.0 - alpha)), level, int(a.size)
+    )
 
 
 def bootstrap_diff_ci(
@@ -78,7 +81,8 @@ def bootstrap_diff_ci(
     level: float = 0.95,
     seed: int = 0,
 ) -> Interval:
-    """Bootstrap interval of mean(a) - mean(b), resampling each group independently. n is min(len(a), len(b))."""
+    """Bootstrap interval of mean(a) - mean(b), resampling each group independently. n is min(len(a),
+    len(b))."""
     x, y = _clean(a), _clean(b)
     if x.size == 0 or y.size == 0:
         return Interval(NAN, NAN, NAN, level, 0)
@@ -90,15 +94,16 @@ def bootstrap_diff_ci(
     by = y[rng.integers(0, y.size, size=(n_boot, y.size))].mean(1)
     d = bx - by
     alpha = (1.0 - level) / 2.0
-    return Interval(est, float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha)), level,
-                    int(min(x.size, y.size)))
+    return Interval(
+        est, float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha)), level, int(min(x.size, y.size))
+    )
 
 
 def cliffs_delta(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """P(a > b) - P(a < b) over all pairs: +1 when every a exceeds every b, 0 for complete overlap.
 
-    Equal to the rank-biserial correlation of the Mann-Whitney test. Conventional magnitudes (Romano et al. 2006):
-    |d| < 0.147 negligible, < 0.33 small, < 0.474 medium, else large.
+    Equal to the rank-biserial correlation of the Mann-Whitney test. Conventional magnitudes (Romano et al.
+    2006): |d| < 0.147 negligible, < 0.33 small, < 0.474 medium, else large.
     """
     x, y = _clean(a), _clean(b)
     if x.size == 0 or y.size == 0:
@@ -131,16 +136,23 @@ def hedges_g(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
 def mann_whitney(
     a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alternative: str = "two-sided"
 ) -> dict[str, Any]:
-    """Mann-Whitney U test of a vs b with Cliff's delta, Hedges' g and the bootstrap CI of the mean difference.
+    """Mann-Whitney U test of a vs b with Cliff's delta, Hedges' g and the bootstrap CI of the mean
+    difference.
 
-    `alternative`: two-sided | greater (a tends to exceed b) | less. The exact p-value is used for small samples
-    without ties (scipy's 'auto'); p is NaN when either group is empty or all values are identical.
+    `alternative`: two-sided | greater (a tends to exceed b) | less. The exact p-value is used for small
+    samples without ties (scipy's 'auto'); p is NaN when either group is empty or all values are identical.
     """
     x, y = _clean(a), _clean(b)
     out: dict[str, Any] = {
-        "n_a": int(x.size), "n_b": int(y.size), "mean_a": float(x.mean()) if x.size else NAN,
-        "mean_b": float(y.mean()) if y.size else NAN, "U": NAN, "p": NAN, "alternative": alternative,
-        "cliffs_delta": cliffs_delta(x, y), "hedges_g": hedges_g(x, y),
+        "n_a": int(x.size),
+        "n_b": int(y.size),
+        "mean_a": float(x.mean()) if x.size else NAN,
+        "mean_b": float(y.mean()) if y.size else NAN,
+        "U": NAN,
+        "p": NAN,
+        "alternative": alternative,
+        "cliffs_delta": cliffs_delta(x, y),
+        "hedges_g": hedges_g(x, y),
         "diff_ci": bootstrap_diff_ci(x, y).as_dict(),
     }
     out["effect"] = magnitude(out["cliffs_delta"])
@@ -157,15 +169,20 @@ def mann_whitney(
 def kruskal_wallis(groups: Mapping[str, Sequence[float] | np.ndarray]) -> dict[str, Any]:
     """Kruskal-Wallis H test across groups (e.g. norm variants) with epsilon-squared, H / (n - 1).
 
-    Groups with no finite value are dropped (listed under `dropped`); with fewer than two groups left, H and p are
-    NaN. epsilon^2 ranges over [0, 1]: ~0.01 small, ~0.08 medium, >= 0.26 large (Tomczak & Tomczak 2014).
+    Groups with no finite value are dropped (listed under `dropped`); with fewer than two groups left, H and p
+    are NaN. epsilon^2 ranges over [0, 1]: ~0.01 small, ~0.08 medium, >= 0.26 large (Tomczak & Tomczak 2014).
     """
     clean = {k: _clean(v) for k, v in groups.items()}
     kept = {k: v for k, v in clean.items() if v.size}
     n = int(sum(v.size for v in kept.values()))
-    out: dict[str, Any] = {"groups": {k: int(v.size) for k, v in kept.items()},
-                           "dropped": sorted(set(clean) - set(kept)), "n": n, "H": NAN, "p": NAN,
-                           "epsilon_squared": NAN}
+    out: dict[str, Any] = {
+        "groups": {k: int(v.size) for k, v in kept.items()},
+        "dropped": sorted(set(clean) - set(kept)),
+        "n": n,
+        "H": NAN,
+        "p": NAN,
+        "epsilon_squared": NAN,
+    }
     if len(kept) < 2 or n < 3:
         return out
     allv = np.concatenate(list(kept.values()))

@@ -225,7 +225,7 @@ class EncoderClassifier(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, need_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         T = input_ids.shape[1]
-        if T > self.cfg.max_len:
+        if self.cfg.max_len < T:
             raise ConfigError("model.max_len", f"input length {T} exceeds max_len {self.cfg.max_len}")
         pos = torch.arange(T, device=input_ids.device)
         x = self.tok_emb(input_ids) + self.pos_emb(pos)[None]
@@ -258,7 +258,7 @@ class CausalLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, need_weights: bool = False):
         T = idx.shape[1]
-        if T > self.cfg.max_len:
+        if self.cfg.max_len < T:
             raise ConfigError("model.max_len", f"input length {T} exceeds max_len {self.cfg.max_len}")
         pos = torch.arange(T, device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)[None]

@@ -180,7 +180,8 @@ class Store:
                 f"no run {run_id!r} in {self.path}; `sltlab runs list --store {self.path}` lists them"
             )
         if len(rows) > 1:
-            raise StoreError(f"run id prefix {run_id!r} is ambiguous in {self.path}: {', '.join(r[0] for r in rows[:5])}")
+            some = ", ".join(r[0] for r in rows[:5])
+            raise StoreError(f"run id prefix {run_id!r} is ambiguous in {self.path}: {some}")
         return self._record(rows[0])
 
     def runs(self, kind: str | None = None, status: str | None = "finished") -> list[RunRecord]:

@@ -10,10 +10,10 @@ The local layout is the one the official download script writes::
     DATA/glue/MNLI/{train,dev_matched,dev_mismatched,test_matched,test_mismatched}.tsv
     DATA/glue/{QNLI,RTE,WNLI}/{train,dev,test}.tsv
 
-Quotes in these files are literal characters, not CSV quoting (a sentence may start with `"` and never close it),
-so every file is read with quoting off. Files are opened as `utf-8-sig`, which strips MRPC's byte-order mark.
-`DATA` is found by `sltlab.paths.data_dir` (--data-dir, else $SLTLAB_DATA, else ./data or ../shared/data); a path
-that is itself the `glue/` folder is accepted too.
+Quotes in these files are literal characters, not CSV quoting (a sentence may start with `"` and never close
+it), so every file is read with quoting off. Files are opened as `utf-8-sig`, which strips MRPC's byte-order
+mark. `DATA` is found by `sltlab.paths.data_dir` (--data-dir, else $SLTLAB_DATA, else ./data or
+../shared/data); a path that is itself the `glue/` folder is accepted too.
 
 Labels follow the Hugging Face `nyu-mll/glue` convention so both sources agree: MNLI entailment=0, neutral=1,
 contradiction=2; QNLI/RTE entailment=0, not_entailment=1; the others are 0/1 as in the files; STS-B a float.
@@ -40,11 +40,12 @@ csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 class TaskInfo:
     """What a GLUE task looks like on disk and how it is scored.
 
-    dir_name: folder under glue/. text_columns: one or two header names of the text fields. label_column: header
-    name of the label (None: none). n_outputs: classes, or 1 for the STS-B regression. dev_splits: the split(s)
-    reported (MNLI has two). metrics: the official metric names, the first the main one. label_names: the
-    string labels in index order (None: labels are already integers / floats). header: False for CoLA's headerless
-    train/dev, whose columns are then `positional`. hf_name / hf_columns: the Hugging Face config and text columns.
+    dir_name: folder under glue/. text_columns: one or two header names of the text fields. label_column:
+    header name of the label (None: none). n_outputs: classes, or 1 for the STS-B regression. dev_splits: the
+    split(s) reported (MNLI has two). metrics: the official metric names, the first the main one. label_names:
+    the string labels in index order (None: labels are already integers / floats). header: False for CoLA's
+    headerless train/dev, whose columns are then `positional`. hf_name / hf_columns: the Hugging Face config
+    and text columns.
     """
 
     name: str
@@ -77,41 +78,125 @@ class TaskInfo:
 
 TASKS: dict[str, TaskInfo] = {
     "cola": TaskInfo(
-        "cola", "CoLA", ("sentence",), "label", 2, ("dev",), ("matthews_corr", "accuracy"),
-        header=False, positional=("source", "label", "orig_label", "sentence"),
-        hf_name="cola", hf_columns=("sentence",),
+        "cola",
+        "CoLA",
+        ("sentence",),
+        "label",
+        2,
+        ("dev",),
+        ("mcc", "accuracy"),
+        header=False,
+        positional=("source", "label", "orig_label", "sentence"),
+        hf_name="cola",
+        hf_columns=("sentence",),
     ),
-    "sst2": TaskInfo("sst2", "SST-2", ("sentence",), "label", 2, ("dev",), ("accuracy",),
-                     hf_name="sst2", hf_columns=("sentence",)),
-    "mrpc": TaskInfo("mrpc", "MRPC", ("#1 String", "#2 String"), "Quality", 2, ("dev",), ("f1", "accuracy"),
-                     hf_name="mrpc", hf_columns=("sentence1", "sentence2")),
-    "stsb": TaskInfo("stsb", "STS-B", ("sentence1", "sentence2"), "score", 1, ("dev",), ("spearman", "pearson"),
-                     hf_name="stsb", hf_columns=("sentence1", "sentence2")),
-    "qqp": TaskInfo("qqp", "QQP", ("question1", "question2"), "is_duplicate", 2, ("dev",), ("f1", "accuracy"),
-                    hf_name="qqp", hf_columns=("question1", "question2")),
+    "sst2": TaskInfo(
+        "sst2",
+        "SST-2",
+        ("sentence",),
+        "label",
+        2,
+        ("dev",),
+        ("accuracy",),
+        hf_name="sst2",
+        hf_columns=("sentence",),
+    ),
+    "mrpc": TaskInfo(
+        "mrpc",
+        "MRPC",
+        ("#1 String", "#2 String"),
+        "Quality",
+        2,
+        ("dev",),
+        ("f1", "accuracy"),
+        hf_name="mrpc",
+        hf_columns=("sentence1", "sentence2"),
+    ),
+    "stsb": TaskInfo(
+        "stsb",
+        "STS-B",
+        ("sentence1", "sentence2"),
+        "score",
+        1,
+        ("dev",),
+        ("spearman", "pearson"),
+        hf_name="stsb",
+        hf_columns=("sentence1", "sentence2"),
+    ),
+    "qqp": TaskInfo(
+        "qqp",
+        "QQP",
+        ("question1", "question2"),
+        "is_duplicate",
+        2,
+        ("dev",),
+        ("f1", "accuracy"),
+        hf_name="qqp",
+        hf_columns=("question1", "question2"),
+    ),
     "mnli": TaskInfo(
-        "mnli", "MNLI", ("sentence1", "sentence2"), "gold_label", 3, ("dev_matched", "dev_mismatched"),
-        ("accuracy_matched", "accuracy_mismatched"), label_names=("entailment", "neutral", "contradiction"),
-        hf_name="mnli", hf_columns=("premise", "hypothesis"),
+        "mnli",
+        "MNLI",
+        ("sentence1", "sentence2"),
+        "gold_label",
+        3,
+        ("dev_matched", "dev_mismatched"),
+        ("accuracy_matched", "accuracy_mismatched"),
+        label_names=("entailment", "neutral", "contradiction"),
+        hf_name="mnli",
+        hf_columns=("premise", "hypothesis"),
     ),
-    "qnli": TaskInfo("qnli", "QNLI", ("question", "sentence"), "label", 2, ("dev",), ("accuracy",),
-                     label_names=("entailment", "not_entailment"), hf_name="qnli",
-                     hf_columns=("question", "sentence")),
-    "rte": TaskInfo("rte", "RTE", ("sentence1", "sentence2"), "label", 2, ("dev",), ("accuracy",),
-                    label_names=("entailment", "not_entailment"), hf_name="rte",
-                    hf_columns=("sentence1", "sentence2")),
-    "wnli": TaskInfo("wnli", "WNLI", ("sentence1", "sentence2"), "label", 2, ("dev",), ("accuracy",),
-                     hf_name="wnli", hf_columns=("sentence1", "sentence2")),
+    "qnli": TaskInfo(
+        "qnli",
+        "QNLI",
+        ("question", "sentence"),
+        "label",
+        2,
+        ("dev",),
+        ("accuracy",),
+        label_names=("entailment", "not_entailment"),
+        hf_name="qnli",
+        hf_columns=("question", "sentence"),
+    ),
+    "rte": TaskInfo(
+        "rte",
+        "RTE",
+        ("sentence1", "sentence2"),
+        "label",
+        2,
+        ("dev",),
+        ("accuracy",),
+        label_names=("entailment", "not_entailment"),
+        hf_name="rte",
+        hf_columns=("sentence1", "sentence2"),
+    ),
+    "wnli": TaskInfo(
+        "wnli",
+        "WNLI",
+        ("sentence1", "sentence2"),
+        "label",
+        2,
+        ("dev",),
+        ("accuracy",),
+        hf_name="wnli",
+        hf_columns=("sentence1", "sentence2"),
+    ),
 }
 
 _ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "sts": "stsb", "sst": "sst2"}
-_SPLIT_ALIASES = {"validation": "dev", "valid": "dev", "val": "dev",
-                  "validation_matched": "dev_matched", "validation_mismatched": "dev_mismatched"}
+_SPLIT_ALIASES = {
+    "validation": "dev",
+    "valid": "dev",
+    "val": "dev",
+    "validation_matched": "dev_matched",
+    "validation_mismatched": "dev_mismatched",
+}
 
 
 @dataclass
 class GlueSplit:
-    """One split of one task. texts_b is None for single-sentence tasks; labels is None for unlabelled test sets."""
+    """One split of one task. texts_b is None for single-sentence tasks; labels is None for unlabelled test
+    sets."""
 
     task: str
     split: str
@@ -126,7 +211,9 @@ class GlueSplit:
         """The rows at `index` (e.g. a seeded subsample of a large training set)."""
         idx = [int(i) for i in index]
         return GlueSplit(
-            self.task, self.split, [self.texts_a[i] for i in idx],
+            self.task,
+            self.split,
+            [self.texts_a[i] for i in idx],
             None if self.texts_b is None else [self.texts_b[i] for i in idx],
             None if self.labels is None else self.labels[np.asarray(idx, dtype=np.int64)],
         )
@@ -142,7 +229,8 @@ def get_task(task: str) -> TaskInfo:
 
 
 def normalise_split(info: TaskInfo, split: str) -> str:
-    """Map 'validation'/'dev' to the task's file name; for MNLI 'dev' means dev_matched and 'test' test_matched."""
+    """Map 'validation'/'dev' to the task's file name; for MNLI 'dev' means dev_matched and 'test'
+    test_matched."""
     s = _SPLIT_ALIASES.get(split.strip().lower(), split.strip().lower())
     if info.name == "mnli" and s in ("dev", "test"):
         s = f"{s}_matched"
@@ -164,8 +252,10 @@ def glue_root(data_dir: str | os.PathLike | None = None) -> Path:
 
 def _expected_layout(info: TaskInfo, root: Path) -> str:
     files = ",".join(info.splits)
-    return (f"expected {root}/{info.dir_name}/{{{files}}}.tsv (the layout of the official GLUE download script); "
-            "pass --data-dir DIR or set SLTLAB_DATA=DIR where DIR holds glue/, or use --source hf with a network")
+    return (
+        f"expected {root}/{info.dir_name}/{{{files}}}.tsv (the layout of the official GLUE download script); "
+        "pass --data-dir DIR or set SLTLAB_DATA=DIR where DIR holds glue/, or use --source hf with a network"
+    )
 
 
 def _parse_label(info: TaskInfo, raw: str, path: Path, lineno: int) -> float | int:
@@ -178,10 +268,14 @@ def _parse_label(info: TaskInfo, raw: str, path: Path, lineno: int) -> float | i
         value = int(raw)
     except ValueError:
         accepts = "a number" if info.is_regression else " | ".join(info.label_names or ("0", "1"))
-        raise DataError(f"{path}, line {lineno}: bad label {raw!r} for {info.name} (expected {accepts})") from None
+        raise DataError(
+            f"{path}, line {lineno}: bad label {raw!r} for {info.name} (expected {accepts})"
+        ) from None
     if not 0 <= value < info.n_outputs:
-        raise DataError(f"{path}, line {lineno}: label {value} out of range for {info.name} "
-                        f"(expected 0..{info.n_outputs - 1})")
+        raise DataError(
+            f"{path}, line {lineno}: label {value} out of range for {info.name} "
+            f"(expected 0..{info.n_outputs - 1})"
+        )
     return value
 
 
@@ -203,12 +297,16 @@ def _read_tsv(info: TaskInfo, path: Path, split: str, limit: int | None) -> Glue
         text_cols = ("sentence",) if (info.name == "cola" and has_header) else info.text_columns
         missing = [c for c in text_cols if c not in header]
         if missing:
-            raise DataError(f"{path}, line 1: header has no column {missing[0]!r} (found {header}); "
-                            f"is this the {info.dir_name} file of the standard GLUE layout?")
+            raise DataError(
+                f"{path}, line 1: header has no column {missing[0]!r} (found {header}); "
+                f"is this the {info.dir_name} file of the standard GLUE layout?"
+            )
         idx = [header.index(c) for c in text_cols]
         lab_idx = header.index(info.label_column) if info.label_column in header else None
         if lab_idx is None and not split.startswith("test"):
-            raise DataError(f"{path}, line 1: header has no label column {info.label_column!r} (found {header})")
+            raise DataError(
+                f"{path}, line 1: header has no label column {info.label_column!r} (found {header})"
+            )
         need = max([*idx, lab_idx if lab_idx is not None else -1]) + 1
         first_line = 2 if has_header else 1
         for lineno, row in enumerate(reader, start=first_line):
@@ -217,8 +315,10 @@ def _read_tsv(info: TaskInfo, path: Path, split: str, limit: int | None) -> Glue
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # a trailing blank line
             if len(row) < need:
-                raise DataError(f"{path}, line {lineno}: expected at least {need} tab-separated fields, "
-                                f"found {len(row)}; the file is truncated or not in the GLUE layout")
+                raise DataError(
+                    f"{path}, line {lineno}: expected at least {need} tab-separated fields, "
+                    f"found {len(row)}; the file is truncated or not in the GLUE layout"
+                )
             texts_a.append(row[idx[0]])
             if len(idx) == 2:
                 texts_b.append(row[idx[1]])
@@ -240,8 +340,10 @@ def _load_hf(info: TaskInfo, split: str, limit: int | None) -> GlueSplit:
     try:
         ds = datasets.load_dataset("nyu-mll/glue", info.hf_name, split=hf_split)
     except Exception as err:  # noqa: BLE001 - network, cache and hub errors have many types
-        raise DataError(f"cannot load nyu-mll/glue/{info.hf_name} split {hf_split} from Hugging Face: {err}; "
-                        "use a local copy with --data-dir instead") from err
+        raise DataError(
+            f"cannot load nyu-mll/glue/{info.hf_name} split {hf_split} from Hugging Face: {err}; "
+            "use a local copy with --data-dir instead"
+        ) from err
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     cols = info.hf_columns
@@ -266,8 +368,9 @@ def load_split(
     """Read one split of one GLUE task.
 
     task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli. split: train, dev, test (MNLI: dev_matched,
-    dev_mismatched, test_matched, test_mismatched; 'dev' means dev_matched). limit: keep the first `limit` rows.
-    source: 'local' (the GLUE folder under the data dir) or 'hf' (Hugging Face nyu-mll/glue, needs a network).
+    dev_mismatched, test_matched, test_mismatched; 'dev' means dev_matched). limit: keep the first `limit`
+    rows. source: 'local' (the GLUE folder under the data dir) or 'hf' (Hugging Face nyu-mll/glue, needs a
+    network).
     """
     info = get_task(task)
     split = normalise_split(info, split)

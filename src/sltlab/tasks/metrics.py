@@ -1,8 +1,10 @@
-"""Each GLUE task's official metric(s), computed with scikit-learn / SciPy, as plain floats in [0, 100] points.
+"""Each GLUE task's official metric(s), computed with scikit-learn / SciPy, as plain floats.
 
-CoLA: Matthews correlation; MRPC and QQP: F1 (of the positive class) and accuracy; STS-B: Spearman and Pearson
-correlation; MNLI: matched and mismatched accuracy; the others: accuracy. Scores are reported in points (x100) as in
-the GLUE leaderboard, so "within 2 points" reads directly off the numbers.
+CoLA: Matthews correlation (`mcc`); MRPC and QQP: F1 of the positive class (`f1`) and `accuracy`; STS-B:
+Spearman and Pearson correlation (`spearman`, `pearson`); MNLI: `accuracy_matched` and `accuracy_mismatched`;
+the others: `accuracy`. Values are fractions (accuracy, F1 in [0, 1]) or correlations (in [-1, 1]), as stored
+in the run records; tables multiply by 100 to show GLUE "points", so "within 2 points" is a difference of 0.02
+here.
 """
 
 from __future__ import annotations
@@ -37,15 +39,17 @@ def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compute_metrics(
-    task: str, predictions: Sequence[float] | np.ndarray, labels: Sequence[float] | np.ndarray,
+    task: str,
+    predictions: Sequence[float] | np.ndarray,
+    labels: Sequence[float] | np.ndarray,
     labels_mismatched: Sequence[float] | np.ndarray | None = None,
     predictions_mismatched: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, float]:
-    """The official metric(s) of `task`, in points (x100).
+    """The official metric(s) of `task`: fractions in [0, 1] or correlations in [-1, 1].
 
-    predictions: class ids (classification) or scores (STS-B). For MNLI, `predictions`/`labels` are the matched
-    dev set; pass the mismatched ones as predictions_mismatched/labels_mismatched to get both accuracies (without
-    them only accuracy_matched is returned).
+    predictions: class ids (classification) or scores (STS-B). For MNLI, `predictions`/`labels` are the
+    matched dev set; pass the mismatched ones as predictions_mismatched/labels_mismatched to get both
+    accuracies (without them only accuracy_matched is returned).
     """
     info = get_task(task)
     p = _as_array(predictions, "predictions")
@@ -56,20 +60,22 @@ def compute_metrics(
         raise DataError("cannot score an empty prediction set")
     if info.is_regression:
         p, y = p.astype(np.float64), y.astype(np.float64)
-        return {"spearman": 100 * _correlation(spearmanr, p, y), "pearson": 100 * _correlation(pearsonr, p, y)}
+        return {"spearman": _correlation(spearmanr, p, y), "pearson": _correlation(pearsonr, p, y)}
     p, y = p.astype(np.int64), y.astype(np.int64)
     if info.name == "cola":
-        return {"matthews_corr": 100 * float(matthews_corrcoef(y, p)), "accuracy": 100 * float(accuracy_score(y, p))}
+        return {"mcc": float(matthews_corrcoef(y, p)), "accuracy": float(accuracy_score(y, p))}
     if info.name in ("mrpc", "qqp"):
-        return {"f1": 100 * float(f1_score(y, p, pos_label=1, zero_division=0)),
-                "accuracy": 100 * float(accuracy_score(y, p))}
+        return {
+            "f1": float(f1_score(y, p, pos_label=1, zero_division=0)),
+            "accuracy": float(accuracy_score(y, p)),
+        }
     if info.name == "mnli":
-        out = {"accuracy_matched": 100 * float(accuracy_score(y, p))}
+        out = {"accuracy_matched": float(accuracy_score(y, p))}
         if labels_mismatched is not None and predictions_mismatched is not None:
             pm = _as_array(predictions_mismatched, "predictions_mismatched").astype(np.int64)
             ym = _as_array(labels_mismatched, "labels_mismatched").astype(np.int64)
             if pm.shape != ym.shape:
                 raise DataError("mismatched predictions and labels differ in length")
-            out["accuracy_mismatched"] = 100 * float(accuracy_score(ym, pm))
+            out["accuracy_mismatched"] = float(accuracy_score(ym, pm))
         return out
-    return {"accuracy": 100 * float(accuracy_score(y, p))}
+    return {"accuracy": float(accuracy_score(y, p))}

@@ -1,12 +1,13 @@
-"""Tokenisation for the text tasks: a WordPiece tokenizer trained on a task's training text, or a pretrained one.
+"""Tokenisation for the text tasks: a WordPiece tokenizer trained on a task's training text, or a pretrained
+one.
 
-Training a small WordPiece vocabulary on the task's own training text keeps the embedding table (which an SLT masks
-like any other weight) small, and needs no download. The trained tokenizer is cached as JSON under
+Training a small WordPiece vocabulary on the task's own training text keeps the embedding table (which an SLT
+masks like any other weight) small, and needs no download. The trained tokenizer is cached as JSON under
 `$SLTLAB_CACHE` (default runs/cache)/tokenizers/<sha256 of the training text and settings>/tokenizer.json, so
 every run of a sweep reuses it and the same inputs always give the same vocabulary.
 
-Sentence pairs are encoded the usual BERT way: `[CLS] a [SEP] b [SEP]`, truncated to max_len (longest first) and
-padded with [PAD] = id 0; `attention_mask` is 1 on real tokens.
+Sentence pairs are encoded the usual BERT way: `[CLS] a [SEP] b [SEP]`, truncated to max_len (longest first)
+and padded with [PAD] = id 0; `attention_mask` is 1 on real tokens.
 """
 
 from __future__ import annotations
@@ -46,14 +47,17 @@ class TokenizerSpec:
         if self.vocab_size < len(SPECIALS) + 1:
             raise ConfigError("tokenizer.vocab_size", f"{self.vocab_size} is too small", "an integer >= 6")
         if self.min_frequency < 1:
-            raise ConfigError("tokenizer.min_frequency", f"{self.min_frequency} must be >= 1", "an integer >= 1")
+            raise ConfigError(
+                "tokenizer.min_frequency", f"{self.min_frequency} must be >= 1", "an integer >= 1"
+            )
 
     def __post_init__(self) -> None:
         self.validate()
 
 
 class TextEncoder:
-    """Encodes single sentences or pairs to padded input_ids / attention_mask tensors of shape (N, max_len)."""
+    """Encodes single sentences or pairs to padded input_ids / attention_mask tensors of shape (N,
+    max_len)."""
 
     def __init__(self, backend, *, kind: str, fingerprint: str):
         self._tok = backend
@@ -77,12 +81,20 @@ class TextEncoder:
     ) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask (int64) of shape (len(texts_a), max_len)."""
         if max_len < 4:
-            raise ConfigError("max_len", f"{max_len} is too short for [CLS] a [SEP] b [SEP]", "an integer >= 4")
+            raise ConfigError(
+                "max_len", f"{max_len} is too short for [CLS] a [SEP] b [SEP]", "an integer >= 4"
+            )
         if texts_b is not None and len(texts_b) != len(texts_a):
             raise DataError(f"sentence pairs differ in count: {len(texts_a)} vs {len(texts_b)}")
         if self.kind == "transformers":
-            enc = self._tok(list(texts_a), None if texts_b is None else list(texts_b), padding="max_length",
-                            truncation=True, max_length=max_len, return_tensors="pt")
+            enc = self._tok(
+                list(texts_a),
+                None if texts_b is None else list(texts_b),
+                padding="max_length",
+                truncation=True,
+                max_length=max_len,
+                return_tensors="pt",
+            )
             return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
         self._tok.enable_truncation(max_length=max_len, strategy="longest_first")
         self._tok.enable_padding(length=max_len, pad_id=self.pad_id, pad_token="[PAD]")
@@ -97,8 +109,11 @@ class TextEncoder:
 
 def _fingerprint(texts: Iterable[str], spec: TokenizerSpec) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"v": 1, "vocab": spec.vocab_size, "lower": spec.lowercase,
-                         "minf": spec.min_frequency}).encode())
+    h.update(
+        json.dumps(
+            {"v": 1, "vocab": spec.vocab_size, "lower": spec.lowercase, "minf": spec.min_frequency}
+        ).encode()
+    )
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\x00")
@@ -119,9 +134,12 @@ def _new_wordpiece(spec: TokenizerSpec):
 
 
 def train_tokenizer(
-    texts: Sequence[str], spec: TokenizerSpec = TokenizerSpec(), cache: str | os.PathLike | None = None,
+    texts: Sequence[str],
+    spec: TokenizerSpec = TokenizerSpec(),
+    cache: str | os.PathLike | None = None,
 ) -> TextEncoder:
-    """Train (or load from the cache) a WordPiece tokenizer on `texts`. The cache key hashes texts and spec."""
+    """Train (or load from the cache) a WordPiece tokenizer on `texts`. The cache key hashes texts and
+    spec."""
     from tokenizers import Tokenizer, trainers
 
     if not texts:
@@ -131,12 +149,17 @@ def train_tokenizer(
     if path.is_file():
         return TextEncoder(Tokenizer.from_file(str(path)), kind="tokenizers", fingerprint=fp)
     tok, processors = _new_wordpiece(spec)
-    trainer = trainers.WordPieceTrainer(vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
-                                        special_tokens=list(SPECIALS), show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=list(SPECIALS),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +178,9 @@ def load_pretrained(name_or_path: str) -> TextEncoder:
         tok = Tokenizer.from_file(str(p))
         if tok.token_to_id("[PAD]") is None:
             raise DataError(f"tokenizer {p} has no [PAD] token; train one with sltlab or pass a HF tokenizer")
-        return TextEncoder(tok, kind="tokenizers", fingerprint=hashlib.sha256(p.read_bytes()).hexdigest()[:16])
+        return TextEncoder(
+            tok, kind="tokenizers", fingerprint=hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        )
     try:
         from transformers import AutoTokenizer
 
@@ -168,7 +193,9 @@ def load_pretrained(name_or_path: str) -> TextEncoder:
 
 
 def make_encoder(
-    train_texts: Sequence[str], spec: TokenizerSpec = TokenizerSpec(), cache: str | os.PathLike | None = None,
+    train_texts: Sequence[str],
+    spec: TokenizerSpec = TokenizerSpec(),
+    cache: str | os.PathLike | None = None,
 ) -> TextEncoder:
     """The pretrained tokenizer named in spec, else one trained on train_texts (cached)."""
     if spec.pretrained:
