@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sltlab.errors import ArtifactError
+from sltlab.errors import ArtifactError, ConfigError
 from sltlab.nn.spec import ModelSpec, build_model
 
 FORMAT = "sltlab-checkpoint-1"
@@ -81,7 +81,7 @@ def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
         raise ArtifactError(f"checkpoint {path} fails its SHA-256 check: the file is corrupted")
     try:
         spec = ModelSpec.from_json(meta["spec"])
-    except (KeyError, json.JSONDecodeError) as err:
+    except (KeyError, json.JSONDecodeError, ConfigError) as err:
         raise ArtifactError(f"checkpoint {path} has no valid model spec: {err}") from err
     return spec, tensors, meta
 
