@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench report clean approx-full glue-quick lm-quick
+.PHONY: install run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick theory-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,30 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_search_step.py
+	$(BIN)/python benchmarks/bench_artifact.py
+
+report: install
+	$(BIN)/sltlab report --store runs/sltlab.db --out runs/report
+
+# The studies behind docs/RESULTS.md, at CPU scale (each resumes from the store; times on 2 idle cores).
+approx-depth: install  # ~10 min
+	$(BIN)/sltlab approx configs/approx_depth.toml
+
+approx-full: install  # hours on 2 cores; meant for a bigger machine
+	$(BIN)/sltlab approx configs/approx_full.toml
+
+theory-quick: install
+	$(BIN)/sltlab theory all --config configs/theory_quick.toml
+
+glue-quick: install
+	$(BIN)/sltlab glue --config configs/glue_quick.toml
+	$(BIN)/sltlab glue-table
+
+lm-quick: install
+	$(BIN)/sltlab lm configs/lm_quick.toml
+
+peft-quick: install
+	$(BIN)/sltlab peft --config configs/peft_quick.toml
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

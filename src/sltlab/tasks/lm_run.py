@@ -1,0 +1,371 @@
+"""One supermask language model cell: a byte-level causal transformer, trained dense or searched as a ticket.
+
+Methods (each optionally with "+scales"):
+    dense            every weight trained (the reference of the same shape);
+    edge-popup       top-`keep` masks over the random weights, straight-through (Ramanujan et al. 2020);
+    annealed         sampled masks with an annealed temperature, deterministic 1[scores > 0] at the end.
+"+scales" is the parameter-golf recipe: learned per-block attention/MLP residual scales
+(`ModelConfig(residual_scales=True)`), per-head scales on q/k/v/o and per-layer ones elsewhere
+(`SupermaskConfig(scale="head")`), and a learned pre-logit scale (`ModelSpec(options={"logit_scale": True})`).
+A random network cannot change its weights' magnitudes, so these few floats are what let a mask match the
+output scale.
+
+Every cell is a run in the store (kind "lm"): config {dataset, method, scales, norm, seed, shape, ...},
+metrics {val_bpb, tokens_per_s, artifact_bytes, params, density, ...}; beside it `ticket.safetensors` (the
+checkpoint) and `ticket.slt` (the compact artifact whose size is reported).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sltlab.errors import ConfigError
+from sltlab.nn.init import INIT_SCHEMES, InitSpec
+from sltlab.nn.norm import NormSpec
+from sltlab.nn.spec import ModelSpec, build_model
+from sltlab.nn.transformer import ModelConfig
+from sltlab.runs.config import check_range
+from sltlab.tasks.text import VOCAB, check_length, eval_bpb, lm_loss, load_corpus, random_batches
+from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.supermask import SupermaskConfig, mask_density, supermasks
+
+KIND = "lm"
+BASE_METHODS = ("dense", "edge-popup", "annealed")
+SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
+
+
+def parse_method(text: str, field: str = "lm.methods") -> tuple[str, bool]:
+    """'annealed+scales' -> ('annealed', True)."""
+    base, _, suffix = text.partition("+")
+    if base not in BASE_METHODS or suffix not in ("", "scales"):
+        raise ConfigError(
+            field, f"unknown method {text!r}", "dense, edge-popup or annealed, each optionally with '+scales'"
+        )
+    return base, suffix == "scales"
+
+
+@dataclass(frozen=True)
+class LMStudy:
+    """A set of LM cells (methods x seeds) over one model shape and data set; TOML fields at the top level."""
+
+    name: str = "lm"
+    dataset: str = "tinyshakespeare"
+    methods: tuple[str, ...] = ("dense", "edge-popup", "annealed+scales")
+    seeds: tuple[int, ...] = (0,)
+    norm: str = "pre-ln"
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 2
+    d_ff: int | None = None
+    seq_len: int = 128
+    batch_size: int = 32
+    steps: int = 400
+    keep: float = 0.5
+    init: str = "kaiming-uniform"
+    init_gain: float = 1.0
+    lr_dense: float = 3e-3
+    lr_edge_popup: float = 0.01
+    lr_annealed: float = 0.2
+    warmup: int = 20
+    grad_clip: float = 1.0
+    temperature_start: float = 1.0
+    temperature_end: float = 0.05
+    val_fraction: float = 0.1
+    eval_bytes: int = 262144
+    eval_batch: int = 32
+    floats: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "auto"
+    store: str = "runs/sltlab.db"
+
+    def validate(self) -> None:
+        for i, m in enumerate(self.methods):
+            parse_method(m, f"lm.methods[{i}]")
+        if not self.methods or not self.seeds:
+            raise ConfigError("lm.methods", "needs at least one method and one seed")
+        NormSpec.parse(self.norm, field="lm.norm")
+        if self.init not in INIT_SCHEMES:
+            raise ConfigError("lm.init", f"unknown scheme {self.init!r}", " | ".join(INIT_SCHEMES))
+        for name in ("d_model", "n_heads", "n_layers", "seq_len", "batch_size", "steps", "eval_batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"lm.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1"
+                )
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                "lm.n_heads",
+                f"d_model={self.d_model} is not divisible by {self.n_heads}",
+                "a divisor of d_model",
+            )
+        check_range("lm.keep", self.keep, 0.0, 1.0, lo_open=True)
+        check_range("lm.val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        for name in ("lr_dense", "lr_edge_popup", "lr_annealed"):
+            check_range(f"lm.{name}", getattr(self, name), 0.0, lo_open=True)
+        check_range("lm.eval_bytes", self.eval_bytes, 0)
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError(
+                    "lm.device", f"unknown device {self.device!r}", "auto | cpu | cuda | cuda:N"
+                ) from None
+        if self.floats not in ("float32", "float16", "bfloat16"):
+            raise ConfigError(
+                "lm.floats", f"unknown float format {self.floats!r}", "float32 | float16 | bfloat16"
+            )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        self.validate()
+
+    def cells(self) -> list[LMRun]:
+        return [LMRun(self, m, s) for m in self.methods for s in self.seeds]
+
+
+@dataclass(frozen=True)
+class LMRun:
+    study: LMStudy
+    method_text: str
+    seed: int
+
+    @property
+    def method(self) -> str:
+        return parse_method(self.method_text)[0]
+
+    @property
+    def scales(self) -> bool:
+        return parse_method(self.method_text)[1]
+
+    @property
+    def lr(self) -> float:
+        """Adam's peak rate: the methods optimise different things (weights, |scores| ranks, logits of
+        sampling probabilities), so each has its own."""
+        s = self.study
+        return {"dense": s.lr_dense, "edge-popup": s.lr_edge_popup, "annealed": s.lr_annealed}[self.method]
+
+    def config_dict(self) -> dict[str, Any]:
+        """What the store hashes: every setting that changes the result (not the store path or study name)."""
+        s = self.study
+        cfg = {
+            k: getattr(s, k)
+            for k in (
+                "dataset",
+                "norm",
+                "d_model",
+                "n_heads",
+                "n_layers",
+                "d_ff",
+                "seq_len",
+                "batch_size",
+                "steps",
+                "init",
+                "init_gain",
+                "warmup",
+                "grad_clip",
+                "val_fraction",
+                "eval_bytes",
+                "floats",
+            )
+        }
+        cfg.update(
+            method=self.method,
+            scales=self.scales,
+            seed=self.seed,
+            lr=self.lr,
+        )
+        if self.method != "dense":
+            cfg["keep"] = s.keep
+        if self.method == "annealed":
+            cfg.update(temperature_start=s.temperature_start, temperature_end=s.temperature_end)
+        return cfg
+
+    def spec(self) -> ModelSpec:
+        s = self.study
+        norm = NormSpec.parse(s.norm, field="lm.norm")
+        cfg = ModelConfig(
+            d_model=s.d_model,
+            n_heads=s.n_heads,
+            n_layers=s.n_layers,
+            d_ff=s.d_ff,
+            norm=norm,
+            residual_scales=self.scales,
+            vocab_size=VOCAB,
+            max_len=s.seq_len,
+        )
+        density = s.keep if s.init == "scaled-signed-constant" and self.method != "dense" else 1.0
+        scheme: Any = s.init
+        init = InitSpec(scheme=scheme, seed=self.seed, gain=s.init_gain, density=density)
+        mask = None
+        if self.method != "dense":
+            mask = SupermaskConfig(
+                method=self.method,
+                keep=s.keep,
+                scale="head" if self.scales else "none",  # type: ignore[arg-type]
+                train_norm=norm.affine == "trainable",
+                free=SCALE_FREE if self.scales else (),
+                seed=self.seed,
+                temperature=s.temperature_start,
+            )
+        return ModelSpec("causal-lm", cfg, init, mask, {"logit_scale": self.scales})
+
+    def search_config(self) -> SearchConfig:
+        s = self.study
+        lr = self.lr
+        return SearchConfig(
+            steps=s.steps,
+            lr=lr,
+            optimizer="adam",
+            schedule="cosine",
+            warmup=s.warmup,
+            grad_clip=s.grad_clip,
+            temperature_start=s.temperature_start,
+            temperature_end=s.temperature_end,
+        )
+
+
+def count_weights(model: nn.Module) -> int:
+    """Elements of the base network (seeded weights, norms, scales), not supermask scores."""
+    return sum(t.numel() for k, t in model.state_dict().items() if not k.endswith(".scores"))
+
+
+def run_cell(
+    run: LMRun, data_root: str | None = None, progress: bool = False, artifact_dir: Path | None = None
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Train or search one model, score it in validation bits per byte, export its artifact if a folder is
+    given. Returns (model, metrics, timings)."""
+    from sltlab.tickets.artifact import export_ticket
+    from sltlab.tickets.checkpoint import save_checkpoint
+
+    s = run.study
+    t0 = time.perf_counter()
+    corpus = load_corpus(s.dataset, data_root, s.val_fraction)
+    check_length(corpus, s.seq_len)
+    spec = run.spec()
+    device = resolve_device(s.device)
+    model = build_model(spec).to(device)  # weights are drawn on the CPU, then moved: same values everywhere
+    gen = torch.Generator().manual_seed(run.seed * 7919 + 17)
+    batches = (
+        (x.to(device), y.to(device)) for x, y in random_batches(corpus.train, s.batch_size, s.seq_len, gen)
+    )
+    t1 = time.perf_counter()
+    history = run_search(
+        model,
+        lm_loss,
+        batches,
+        run.search_config(),
+        progress=progress,
+        desc=f"lm {run.method_text} s={run.seed}",
+        log_every=10,
+    )
+    _sync(device)
+    t2 = time.perf_counter()
+    max_bytes = s.eval_bytes or None
+    val_bpb = eval_bpb(model, corpus.val.to(device), s.seq_len, s.eval_batch, max_bytes, progress=progress)
+    t3 = time.perf_counter()
+    model = model.cpu()
+    tail = [h["loss"] for h in history[-5:]]
+    metrics: dict[str, Any] = {
+        "val_bpb": val_bpb,
+        "train_bpb_end": sum(tail) / len(tail) / 0.6931471805599453,
+        "tokens_per_s": s.steps * s.batch_size * s.seq_len / max(t2 - t1, 1e-9),
+        "params": count_weights(model),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "density": mask_density(model) if supermasks(model) else 1.0,
+        "curve": [[int(h["step"]), round(h["loss"], 5)] for h in history[:: max(1, len(history) // 20)]],
+        "device": str(device),
+        **corpus.sizes,
+    }
+    timings = {"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2}
+    if artifact_dir is not None:
+        t4 = time.perf_counter()
+        save_checkpoint(
+            artifact_dir / "ticket.safetensors",
+            model,
+            spec,
+            which="all" if run.method == "dense" else "trainable",
+        )
+        blob = export_ticket(model, spec, artifact_dir / "ticket.slt", floats=s.floats)
+        from sltlab.tickets.artifact import decode_ticket, verify_parts
+
+        parts = decode_ticket(blob)
+        sizes = parts.sizes
+        # Rebuild from the file alone and compare the probe output: the stored ticket is the model we scored.
+        metrics["artifact_bit_identical"] = bool(verify_parts(parts)["bit_identical"])
+        metrics.update(
+            artifact_bytes=len(blob),
+            mask_bytes=sizes["masks"],
+            float_bytes=sizes["floats"],
+            mask_bits_per_weight=8 * sizes["masks"] / max(1, _masked_weights(model)),
+        )
+        timings["export_s"] = time.perf_counter() - t4
+    return model, metrics, timings
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto': CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("lm.device", f"{name!r} was asked for but CUDA is not available", "auto | cpu")
+    return dev
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _masked_weights(model: nn.Module) -> int:
+    return sum(sm.scores.numel() for sm in supermasks(model).values())
+
+
+def load_study(path: str, overrides: dict[str, Any] | None = None) -> LMStudy:
+    """Read LMStudy fields from TOML (top level), then apply non-None `overrides` (CLI flags)."""
+    from sltlab.runs.config import from_dict, load_toml
+
+    data = load_toml(path) if path else {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return from_dict(LMStudy, data, prefix="lm")
+
+
+def run_study(
+    study: LMStudy,
+    data_root: str | None = None,
+    store_path: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Run every cell not yet finished in the store (resume); return all cells' run ids in order."""
+    from sltlab.runs.store import Store, make_run_id
+
+    cells = study.cells()
+    ids = [make_run_id(KIND, c.config_dict(), c.seed) for c in cells]
+    with Store(store_path or study.store) as store:
+        todo = [(c, i) for c, i in zip(cells, ids, strict=True) if not store.is_finished(i)]
+        if len(todo) < len(cells):
+            log(
+                f"lm: {len(cells) - len(todo)} of {len(cells)} cells already finished in {store.path}; "
+                f"running {len(todo)}"
+            )
+        for cell, run_id in tqdm(todo, desc=f"lm {study.name}", disable=not progress or len(todo) < 2):
+            store.start(KIND, cell.config_dict(), cell.seed)
+            try:
+                _, metrics, timings = run_cell(cell, data_root, progress, store.artifact_dir(run_id))
+            except BaseException as err:
+                store.fail(run_id, f"{type(err).__name__}: {err}")
+                raise
+            store.finish(run_id, metrics, timings)
+            log(
+                f"lm: {cell.method_text} seed={cell.seed}: val_bpb={metrics['val_bpb']:.4f} "
+                f"artifact={metrics['artifact_bytes']} B  ({run_id})"
+            )
+    return ids

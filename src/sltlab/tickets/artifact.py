@@ -1,0 +1,517 @@
+"""Compact ticket artifacts: a seed, entropy-coded masks and a few floats that rebuild a model bit for bit.
+
+A strong lottery ticket needs no stored weights: the base network is a pure function of its spec (seed, init
+scheme, shapes), so the file holds only what the search chose.
+
+File layout (all integers little-endian)::
+
+    magic      8 bytes   b"SLTICKT\\0"
+    version    u16       FORMAT_VERSION; a reader refuses newer versions instead of guessing
+    reserved   u16       0
+    header_len u32       length of the compressed header
+    header     zlib(JSON) {"spec": ModelSpec dict, "masks": [...], "floats": [...], "probe": {...}, ...}
+    payload    bytes     coded masks and raw floats, at the offsets the header gives
+    sha256     32 bytes  SHA-256 of everything before it
+
+Masks: one range-coded stream (constriction) holding every masked weight's mask in turn, each under a static
+Bernoulli model whose parameter is p = ones / n; the counts `ones` are in the header, so the decoder needs
+nothing else and checks them afterwards. A mask that is all zeros or all ones costs nothing. The stream lands
+within a few bytes of sum n * H(p) for the whole file.
+
+Free floats: every tensor of the model's state that the seed does *not* regenerate bit for bit (norm affine,
+scales, a trained head, or all weights of a dense run), as float32 (bit-exact, the default) or float16 ("exact
+to the fp16 values"). Scores are never stored: the masks replace them.
+
+Fixing masks on load (the mechanism): after `build_model(spec)` regenerates the weights, each Supermask's
+scores are overwritten so that its deterministic `hard_mask()` reproduces the stored mask exactly (checked):
+    edge-popup: scores = mask as 0.0/1.0. The top-k threshold of the scores (or of |scores|) is then 1.0,
+                because the stored mask has at least k ones (ties only add ones), per layer or under one
+                global threshold alike;
+    annealed:   scores = +1 where kept, -1 where pruned (hard_mask is scores > 0).
+The model is returned in eval mode, where both methods use hard_mask(): its forward equals the exported one's.
+
+Probe: at export the model's output on a seeded probe input is hashed (SHA-256 of the float32 output) and a
+small sample is kept, so `sltlab inspect --verify` can rebuild the model and check it bit for bit (same
+torch build and CPU kind; on another machine the sample shows how far apart the numerics are).
+
+Nothing here unpickles: the header is JSON, tensors are raw little-endian arrays.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sltlab.errors import ArtifactError, SltlabError
+from sltlab.nn.spec import ModelSpec, build_model
+from sltlab.runs.store import atomic_write_bytes
+from sltlab.tickets.supermask import Supermask, supermasks
+
+MAGIC = b"SLTICKT\x00"
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct("<8sHHI")
+_DIGEST_LEN = 32
+MASK_CODER = "bernoulli-range-v1"
+FLOAT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PROBE_SAMPLE = 32
+_MAX_HEADER = 64 * 1024 * 1024
+_MAX_ELEMENTS = 1 << 34
+
+
+@dataclass
+class TicketParts:
+    """A decoded artifact: everything needed to rebuild the model, nothing built yet."""
+
+    spec: ModelSpec
+    masks: dict[str, torch.Tensor]
+    floats: dict[str, torch.Tensor]
+    probe: dict[str, Any]
+    header: dict[str, Any]
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+# -- entropy coding of binary masks ------------------------------------------------------------------------
+def _bernoulli(p: float):  # noqa: ANN202 - constriction's model type has no stub
+    import constriction
+
+    return constriction.stream.model.Bernoulli(p, perfect=False)
+
+
+def encode_masks(masks: list[torch.Tensor]) -> tuple[bytes, list[int]]:
+    """Range-code boolean masks (row-major) into one stream, each under its own static Bernoulli(ones / n).
+
+    One stream, not one per tensor, so the coder's flush (up to two 32-bit words) is paid once per file and
+    small tensors cost their entropy too. Constant masks (all 0 or all 1) cost nothing.
+    Returns (bytes, ones per mask)."""
+    import constriction
+
+    enc = constriction.stream.queue.RangeEncoder()
+    counts = []
+    for mask in masks:
+        flat = mask.reshape(-1).to(torch.bool).numpy()
+        n, ones = flat.size, int(flat.sum())
+        counts.append(ones)
+        if ones not in (0, n):
+            enc.encode(flat.astype(np.int32), _bernoulli(ones / n))
+    data = enc.get_compressed().astype("<u4").tobytes() if not enc.is_empty() else b""
+    return data, counts
+
+
+def decode_masks(data: bytes, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Inverse of encode_masks for masks of (n, ones); checks each decoded count. Returns flat bool masks."""
+    import constriction
+
+    if len(data) % 4:
+        raise ArtifactError("the mask stream is not a whole number of 32-bit words; the file is corrupted")
+    floor = sum(n * binary_entropy(ones / n) for n, ones in sizes if n)
+    if 8 * len(data) + 64 < 0.5 * floor:  # refuse absurd claims before decoding many symbols from nothing
+        raise ArtifactError("the mask stream is far shorter than its masks need; the file is corrupted")
+    out = []
+    try:
+        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        for n, ones in sizes:
+            if ones in (0, n):
+                out.append(torch.full((n,), ones == n, dtype=torch.bool))
+                continue
+            sym = torch.from_numpy(np.asarray(dec.decode(_bernoulli(ones / n), n), dtype=np.int32) != 0)
+            if int(sym.sum()) != ones:
+                raise ArtifactError(
+                    "a decoded mask has the wrong number of kept weights; the file is corrupted"
+                )
+            out.append(sym)
+    except ArtifactError:
+        raise
+    except Exception as err:  # the Rust side raises assorted types on garbage
+        raise ArtifactError(
+            f"the mask stream does not decode ({type(err).__name__}); the file is corrupted"
+        ) from None
+    return out
+
+
+def encode_mask(mask: torch.Tensor) -> tuple[bytes, int]:
+    """One mask on its own stream (benchmarks, tests). Returns (bytes, ones)."""
+    data, counts = encode_masks([mask])
+    return data, counts[0]
+
+
+def decode_mask(data: bytes, n: int, ones: int) -> torch.Tensor:
+    """Inverse of encode_mask: a flat bool tensor of n elements."""
+    return decode_masks(data, [(n, ones)])[0]
+
+
+def binary_entropy(p: float) -> float:
+    """H(p) in bits: the information-theoretic cost per weight of a mask of density p under a static model."""
+    if p <= 0 or p >= 1:
+        return 0.0
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+# -- probe --------------------------------------------------------------------------------------------------
+def probe_input(spec: ModelSpec, seed: int = 1234) -> torch.Tensor:
+    """A small seeded input the architecture accepts: token ids for LMs/classifiers, floats for mha/stack."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = spec.model
+    T = max(1, min(32, cfg.max_len))
+    if spec.arch in ("causal-lm", "encoder-classifier"):
+        return torch.randint(0, cfg.vocab_size, (2, T), generator=g)
+    return torch.randn(2, T, cfg.d_model, generator=g)
+
+
+@torch.no_grad()
+def probe_output(model: nn.Module, spec: ModelSpec, seed: int = 1234) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(probe_input(spec, seed))
+    finally:
+        model.train(was_training)
+    if isinstance(out, tuple | list):
+        out = out[0]
+    return out.detach().to(torch.float32).contiguous()
+
+
+def _tensor_sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _probe_record(model: nn.Module, spec: ModelSpec, seed: int = 1234) -> dict[str, Any]:
+    out = probe_output(model, spec, seed)
+    sample = out.reshape(-1)[:PROBE_SAMPLE].contiguous().view(torch.uint8).numpy().tobytes()
+    return {
+        "seed": seed,
+        "shape": list(out.shape),
+        "sha256": _tensor_sha(out),
+        "sample": base64.b64encode(sample).decode("ascii"),
+    }
+
+
+def _sample_from_text(text: str) -> torch.Tensor:
+    """The probe sample: base64 of little-endian float32 values."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError):
+        return torch.empty(0)
+    raw = raw[: len(raw) // 4 * 4]
+    return torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.empty(0)
+
+
+# -- export -------------------------------------------------------------------------------------------------
+def _bits_equal(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """Same shape, dtype and bytes (-0.0 != 0.0, NaNs compare by payload), as a bit-exact rebuild needs."""
+    if a is None or a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return a.numel() == 0 or torch.equal(
+        a.contiguous().reshape(-1).view(torch.uint8),
+        b.detach().cpu().contiguous().reshape(-1).view(torch.uint8),
+    )
+
+
+def _free_floats(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]:
+    """State tensors that a fresh build from the spec does not reproduce bit for bit (scores excluded)."""
+    fresh = build_model(spec).state_dict()
+    out = {}
+    for name, t in model.state_dict().items():
+        if name.endswith(".scores"):
+            continue
+        if not t.is_floating_point():
+            raise ArtifactError(f"tensor {name} has dtype {t.dtype}; only float tensors can be stored")
+        if not _bits_equal(fresh.get(name), t):
+            out[name] = t.detach().cpu().contiguous()
+    missing = set(fresh) - set(model.state_dict())
+    if missing:
+        raise ArtifactError(
+            f"the model lacks tensors its spec builds: {sorted(missing)[:5]}; spec and model disagree"
+        )
+    return out
+
+
+def export_ticket(
+    model: nn.Module,
+    spec: ModelSpec,
+    path: str | Path | None = None,
+    floats: str = "float32",
+    probe_seed: int = 1234,
+) -> bytes:
+    """Encode `model` (built from `spec`, masks set by its scores) as an artifact; write it atomically to
+    `path` if given. floats: float32 (bit-exact) | float16 | bfloat16 (exact to those values).
+    Returns the artifact's bytes."""
+    if floats not in FLOAT_DTYPES:
+        from sltlab.errors import ConfigError
+
+        raise ConfigError("floats", f"unknown float format {floats!r}", " | ".join(FLOAT_DTYPES))
+    model = model.cpu()
+    named = [(name, sm.hard_mask().bool()) for name, sm in supermasks(model).items()]
+    stream, counts = encode_masks([m for _, m in named])
+    mask_entries = [
+        {"name": name, "shape": list(m.shape), "ones": ones}
+        for (name, m), ones in zip(named, counts, strict=True)
+    ]
+    payload = bytearray(stream)
+    free = _free_floats(model, spec)
+    float_entries = []
+    stored: dict[str, torch.Tensor] = {}
+    for name, t in free.items():
+        q = t.to(FLOAT_DTYPES[floats])
+        raw = q.reshape(-1).view(torch.uint8).numpy().tobytes() if q.numel() else b""
+        float_entries.append(
+            {
+                "name": name,
+                "shape": list(t.shape),
+                "dtype": floats,
+                "orig_dtype": str(t.dtype).removeprefix("torch."),
+                "offset": len(payload),
+                "nbytes": len(raw),
+            }
+        )
+        payload += raw
+        stored[name] = q.to(t.dtype)
+    # The reference output is that of the model *as stored*: with fp16 floats, the rounded values.
+    state = model.state_dict()
+    saved = {k: state[k].detach().clone() for k in stored}
+    try:
+        with torch.no_grad():
+            for k, v in stored.items():
+                state[k].copy_(v)
+        probe = _probe_record(model, spec, probe_seed)
+    finally:
+        with torch.no_grad():
+            for k, v in saved.items():
+                state[k].copy_(v)
+    from sltlab import __version__
+
+    header = {
+        "spec": spec.to_dict(),
+        "masks": mask_entries,
+        "mask_stream": {"coder": MASK_CODER, "offset": 0, "nbytes": len(stream)},
+        "floats": float_entries,
+        "probe": probe,
+        "payload_bytes": len(payload),
+        "sltlab_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    hbytes = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8"), 9)
+    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + bytes(payload)
+    blob = body + hashlib.sha256(body).digest()
+    if path is not None:
+        atomic_write_bytes(path, blob)
+    return blob
+
+
+# -- decode -------------------------------------------------------------------------------------------------
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ArtifactError(
+            f"malformed ticket header: {what}; the file is corrupted or not written by sltlab"
+        )
+
+
+def _shape(entry: dict[str, Any], where: str) -> tuple[int, ...]:
+    shape = entry.get("shape")
+    _need(
+        isinstance(shape, list)
+        and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in shape),
+        f"{where} has a bad shape",
+    )
+    _need(math.prod(shape) <= _MAX_ELEMENTS, f"{where} is implausibly large")
+    return tuple(shape)
+
+
+def _slice(payload: bytes, entry: dict[str, Any], where: str) -> bytes:
+    off, nb = entry.get("offset"), entry.get("nbytes")
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (off, nb))
+    _need(ok and off + nb <= len(payload), f"{where} points outside the payload")
+    return payload[off : off + nb]
+
+
+def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
+    """Check and decode an artifact fully in memory (no model is built). ArtifactError on any defect."""
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise ArtifactError(f"{source}: expected bytes, got {type(blob).__name__}")
+    blob = bytes(blob)
+    if len(blob) < _PREFIX.size + _DIGEST_LEN:
+        if not MAGIC.startswith(blob[: len(MAGIC)]):
+            raise ArtifactError(f"{source} is not an sltlab ticket (wrong magic bytes; expected a .slt file)")
+        raise ArtifactError(f"{source} is truncated: {len(blob)} bytes is shorter than any ticket")
+    magic, version, _reserved, hlen = _PREFIX.unpack_from(blob)
+    if magic != MAGIC:
+        raise ArtifactError(f"{source} is not an sltlab ticket (wrong magic bytes; expected a .slt file)")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{source} has format version {version}, newer than this sltlab reads "
+            f"(<= {FORMAT_VERSION}); upgrade sltlab to load it"
+        )
+    if version < 1:
+        raise ArtifactError(f"{source} has an invalid format version {version}; the file is corrupted")
+    body, digest = blob[:-_DIGEST_LEN], blob[-_DIGEST_LEN:]
+    if hashlib.sha256(body).digest() != digest:
+        if _PREFIX.size + hlen + _DIGEST_LEN > len(blob):
+            raise ArtifactError(
+                f"{source} is truncated: its header says {hlen} header bytes but the file is "
+                f"{len(blob)} bytes long; re-export or re-copy it"
+            )
+        raise ArtifactError(
+            f"{source} fails its SHA-256 check: the file is corrupted or truncated; re-export it"
+        )
+    _need(hlen <= min(_MAX_HEADER, len(body) - _PREFIX.size), "header length exceeds the file")
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(body[_PREFIX.size : _PREFIX.size + hlen], _MAX_HEADER)
+        _need(inflater.eof and not inflater.unconsumed_tail, "the header does not inflate completely")
+        header = json.loads(text.decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ArtifactError(f"{source}: malformed ticket header ({err})") from None
+    _need(isinstance(header, dict), "the header is not a JSON object")
+    payload = body[_PREFIX.size + hlen :]
+    _need(header.get("payload_bytes") == len(payload), "payload length disagrees with the header")
+    try:
+        spec = ModelSpec.from_dict(header.get("spec"))  # type: ignore[arg-type]
+    except SltlabError as err:
+        raise ArtifactError(f"{source}: the stored model spec is invalid ({err})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
+        raise ArtifactError(
+            f"{source}: the stored model spec is invalid ({type(err).__name__}: {err})"
+        ) from None
+    masks_h, floats_h, probe = header.get("masks"), header.get("floats"), header.get("probe")
+    _need(
+        isinstance(masks_h, list) and isinstance(floats_h, list) and isinstance(probe, dict),
+        "missing masks/floats/probe tables",
+    )
+    sizes = {"header": _PREFIX.size + hlen, "masks": 0, "floats": 0, "checksum": _DIGEST_LEN}
+    entries = []
+    for i, e in enumerate(masks_h):
+        _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"mask entry {i} has no name")
+        where = f"mask {e['name']!r}"
+        shape = _shape(e, where)
+        n = math.prod(shape)
+        ones = e.get("ones")
+        _need(
+            isinstance(ones, int) and not isinstance(ones, bool) and 0 <= ones <= n,
+            f"{where} has a bad count",
+        )
+        entries.append((e["name"], shape, n, ones))
+    stream_h = header.get("mask_stream")
+    _need(isinstance(stream_h, dict), "no mask stream record")
+    _need(stream_h.get("coder") == MASK_CODER, f"the masks use an unknown coder {stream_h.get('coder')!r}")
+    data = _slice(payload, stream_h, "the mask stream")
+    decoded = decode_masks(data, [(n, ones) for _, _, n, ones in entries])
+    masks = {name: m.reshape(shape) for (name, shape, _, _), m in zip(entries, decoded, strict=True)}
+    sizes["masks"] = len(data)
+    floats: dict[str, torch.Tensor] = {}
+    for i, e in enumerate(floats_h):
+        _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"float entry {i} has no name")
+        where = f"float tensor {e['name']!r}"
+        shape = _shape(e, where)
+        dt, odt = e.get("dtype"), e.get("orig_dtype")
+        _need(dt in FLOAT_DTYPES and odt in FLOAT_DTYPES, f"{where} has an unknown dtype")
+        data = _slice(payload, e, where)
+        itemsize = torch.empty((), dtype=FLOAT_DTYPES[dt]).element_size()
+        _need(len(data) == math.prod(shape) * itemsize, f"{where} has {len(data)} bytes for {list(shape)}")
+        if data:
+            t = torch.frombuffer(bytearray(data), dtype=FLOAT_DTYPES[dt])
+        else:
+            t = torch.empty(0, dtype=FLOAT_DTYPES[dt])
+        floats[e["name"]] = t.reshape(shape).to(FLOAT_DTYPES[odt])
+        sizes["floats"] += len(data)
+    ok = isinstance(probe.get("sha256"), str) and isinstance(probe.get("seed"), int)
+    _need(ok and isinstance(probe.get("sample", ""), str), "the probe record is bad")
+    sizes["total"] = len(blob)
+    return TicketParts(spec, masks, floats, probe, header, sizes)
+
+
+def read_ticket(path: str | Path) -> TicketParts:
+    """Read and decode a ticket file (nothing built)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(
+            f"ticket file {p} does not exist; create one with `sltlab export RUN_ID -o {p.name}`"
+        )
+    return decode_ticket(p.read_bytes(), source=str(p))
+
+
+# -- rebuild ------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def fix_mask(sm: Supermask, mask: torch.Tensor) -> None:
+    """Overwrite a supermask's scores so that hard_mask() equals `mask` exactly (see the module docstring)."""
+    if tuple(mask.shape) != tuple(sm.scores.shape):
+        raise ArtifactError(
+            f"a stored mask has shape {list(mask.shape)}, the model wants {list(sm.scores.shape)}"
+        )
+    m = mask.to(sm.scores.dtype)
+    sm.scores.copy_(m if sm.method == "edge-popup" else m * 2 - 1)
+
+
+def build_from_parts(parts: TicketParts, source: str = "ticket") -> nn.Module:
+    """Build the spec's model, fix its masks, load its free floats; every check runs before it is returned."""
+    try:
+        model = build_model(parts.spec)
+    except SltlabError as err:
+        raise ArtifactError(f"{source}: cannot build the stored model spec ({err})") from None
+    sms = supermasks(model)
+    if set(sms) != set(parts.masks):
+        raise ArtifactError(
+            f"{source}: stored masks {sorted(parts.masks)[:3]}... do not match the spec's masked layers "
+            f"{sorted(sms)[:3]}...; the file is corrupted or from another model"
+        )
+    state = model.state_dict()
+    for name, t in parts.floats.items():
+        if name not in state or name.endswith(".scores"):
+            raise ArtifactError(f"{source}: stored tensor {name!r} is not a tensor of the model")
+        if tuple(state[name].shape) != tuple(t.shape) or state[name].dtype != t.dtype:
+            raise ArtifactError(
+                f"{source}: stored tensor {name!r} has shape {list(t.shape)} {t.dtype}, the model wants "
+                f"{list(state[name].shape)} {state[name].dtype}"
+            )
+    for name, sm in sms.items():
+        fix_mask(sm, parts.masks[name])
+    with torch.no_grad():
+        for name, t in parts.floats.items():
+            state[name].copy_(t)
+    for name, sm in sms.items():
+        if not torch.equal(sm.hard_mask().bool(), parts.masks[name]):
+            raise ArtifactError(
+                f"{source}: mask {name!r} could not be reproduced (its keep/threshold setting disagrees "
+                "with the stored mask)"
+            )
+    model.eval()
+    return model
+
+
+def load_ticket(path: str | Path) -> nn.Module:
+    """Rebuild the exported model from a ticket file: weights from the seed, stored masks and floats.
+
+    Its forward is bit-identical to the exported model's (same torch build and CPU kind). Any defect raises
+    ArtifactError before a model is returned. The model is in eval mode; `sltlab.tickets.supermask.bake` turns
+    it into plain weights."""
+    parts = read_ticket(path)
+    return build_from_parts(parts, str(path))
+
+
+def verify_parts(parts: TicketParts, source: str = "ticket") -> dict[str, Any]:
+    """Rebuild and compare the probe output with the one recorded at export.
+
+    Returns {"bit_identical": bool, "max_abs_diff": over the stored sample (how far apart another machine's
+    numerics are), "model": the rebuilt model}."""
+    model = build_from_parts(parts, source)
+    probe = parts.probe
+    out = probe_output(model, parts.spec, int(probe["seed"]))
+    sample = _sample_from_text(probe.get("sample", ""))
+    got = out.reshape(-1)[: sample.numel()]
+    ok = sample.numel() and got.numel() == sample.numel()
+    diff = float((got - sample).abs().max()) if ok else float("nan")
+    same_shape = list(out.shape) == list(probe.get("shape", []))
+    return {
+        "bit_identical": same_shape and _tensor_sha(out) == probe["sha256"],
+        "max_abs_diff": diff,
+        "model": model,
+    }
