@@ -69,9 +69,7 @@ def bootstrap_ci(
     idx = rng.integers(0, a.size, size=(n_boot, a.size))
     boots = np.array([stat(a[i]) for i in idx], dtype=float)
     alpha = (1.0 - level) / 2.0
-    return Interval(
-        est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1.0 - alpha)), level, int(a.size)
-    )
+    return Interval(est, float(np.quantile(boots, alpha)), float(np.quantile(boots, 1.0 - alpha)), level, int(a.size))
 
 
 def bootstrap_diff_ci(
