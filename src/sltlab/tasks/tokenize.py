@@ -47,9 +47,7 @@ class TokenizerSpec:
         if self.vocab_size < len(SPECIALS) + 1:
             raise ConfigError("tokenizer.vocab_size", f"{self.vocab_size} is too small", "an integer >= 6")
         if self.min_frequency < 1:
-            raise ConfigError(
-                "tokenizer.min_frequency", f"{self.min_frequency} must be >= 1", "an integer >= 1"
-            )
+            raise ConfigError("tokenizer.min_frequency", f"{self.min_frequency} must be >= 1", "an integer >= 1")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -76,14 +74,24 @@ class TextEncoder:
             return int(self._tok.token_to_id("[PAD]"))
         return int(self._tok.pad_token_id or 0)
 
+    def save(self, path: str | os.PathLike) -> bool:
+        """Write a trained tokenizer as tokenizer.json (atomically), so a run's artifacts can be re-encoded
+        without retraining. Returns False for a Hugging Face tokenizer: its name in the config is enough."""
+        if self.kind != "tokenizers":
+            return False
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self._tok.save(str(tmp))
+        os.replace(tmp, path)
+        return True
+
     def encode(
         self, texts_a: Sequence[str], texts_b: Sequence[str] | None = None, max_len: int = 128
     ) -> dict[str, torch.Tensor]:
         """input_ids and attention_mask (int64) of shape (len(texts_a), max_len)."""
         if max_len < 4:
-            raise ConfigError(
-                "max_len", f"{max_len} is too short for [CLS] a [SEP] b [SEP]", "an integer >= 4"
-            )
+            raise ConfigError("max_len", f"{max_len} is too short for [CLS] a [SEP] b [SEP]", "an integer >= 4")
         if texts_b is not None and len(texts_b) != len(texts_a):
             raise DataError(f"sentence pairs differ in count: {len(texts_a)} vs {len(texts_b)}")
         if self.kind == "transformers":
@@ -110,9 +118,7 @@ class TextEncoder:
 def _fingerprint(texts: Iterable[str], spec: TokenizerSpec) -> str:
     h = hashlib.sha256()
     h.update(
-        json.dumps(
-            {"v": 1, "vocab": spec.vocab_size, "lower": spec.lowercase, "minf": spec.min_frequency}
-        ).encode()
+        json.dumps({"v": 1, "vocab": spec.vocab_size, "lower": spec.lowercase, "minf": spec.min_frequency}).encode()
     )
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
@@ -178,9 +184,7 @@ def load_pretrained(name_or_path: str) -> TextEncoder:
         tok = Tokenizer.from_file(str(p))
         if tok.token_to_id("[PAD]") is None:
             raise DataError(f"tokenizer {p} has no [PAD] token; train one with sltlab or pass a HF tokenizer")
-        return TextEncoder(
-            tok, kind="tokenizers", fingerprint=hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-        )
+        return TextEncoder(tok, kind="tokenizers", fingerprint=hashlib.sha256(p.read_bytes()).hexdigest()[:16])
     try:
         from transformers import AutoTokenizer
 

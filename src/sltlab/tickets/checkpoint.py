@@ -18,6 +18,7 @@ from sltlab.errors import ArtifactError, ConfigError
 from sltlab.nn.spec import ModelSpec, build_model
 
 FORMAT = "sltlab-checkpoint-1"
+MASK_RANK = "scores"
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -56,7 +57,10 @@ def save_checkpoint(
     for k, v in (extra or {}).items():
         tensors[f"extra::{k}"] = v.detach().clone()
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    meta = {"format": FORMAT, "spec": spec.to_json(), "which": which, "sha256": _digest(tensors)}
+    # mask_rank: what edge-popup ranks to rebuild a mask from stored scores; a future change of that rule must
+    # change this value so old files are refused instead of silently rebuilding other masks.
+    meta = {"format": FORMAT, "spec": spec.to_json(), "which": which, "sha256": _digest(tensors),
+            "mask_rank": MASK_RANK}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
@@ -77,6 +81,9 @@ def read_checkpoint(path: str | Path) -> tuple[ModelSpec, dict[str, torch.Tensor
         raise ArtifactError(f"checkpoint {path} is not a readable safetensors file: {err}") from err
     if meta.get("format") != FORMAT:
         raise ArtifactError(f"{path} is not an sltlab checkpoint (format {meta.get('format')!r}, want {FORMAT})")
+    if meta.get("mask_rank", MASK_RANK) != MASK_RANK:
+        raise ArtifactError(f"{path} ranks masks by {meta['mask_rank']!r}, this sltlab by {MASK_RANK!r}: its masks "
+                            "cannot be rebuilt exactly; re-run the study that made it")
     if _digest(tensors) != meta.get("sha256"):
         raise ArtifactError(f"checkpoint {path} fails its SHA-256 check: the file is corrupted")
     try:
