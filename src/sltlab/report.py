@@ -936,8 +936,10 @@ def build_report(
     max_attention_runs: int = 3,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    extra_stores: list[str | Path] | None = None,
 ) -> ReportResult:
-    """Build the report from the store at `store_path` into `out_dir`. Never fails on a partial store."""
+    """Build the report from the store at `store_path` (plus the runs of `extra_stores`, e.g. a GLUE sweep kept
+    in its own file) into `out_dir`. Never fails on a partial store."""
     from sltlab.errors import StoreError
 
     store_path = Path(store_path)
@@ -953,6 +955,12 @@ def build_report(
         runs: dict[str, list[RunRecord]] = defaultdict(list)
         for r in store.runs(None):
             runs[r.kind].append(r)
+        for extra in extra_stores or []:
+            if not Path(extra).is_file():
+                raise StoreError(f"no store at {extra} (given with --also); fix the path or drop it")
+            with Store(extra) as other:
+                for r in other.runs(None):
+                    runs[r.kind].append(r)
         ctx = ReportContext(store, out, Figures(out), data_dir, n_inputs, max_attention_runs, progress)
         approx = runs.get("approx", [])
         sections = [section_overview(ctx, runs)]

@@ -12,6 +12,7 @@ from sltlab.errors import ConfigError
 EPILOG = """examples:
   sltlab report                                       # runs/sltlab.db -> runs/report/
   sltlab report --store runs/sltlab.db --out runs/report
+  sltlab report --also runs/glue_quick.db --also runs/peft_quick.db
   sltlab report --store runs/sltlab.db --data-dir ../shared/data --attention-runs 5
 outputs: OUT/report.html (self-contained), OUT/report.md, OUT/figures/*.png, OUT/report.json
 """
@@ -33,6 +34,7 @@ def _handler(args: argparse.Namespace) -> int:
         max_attention_runs=args.attention_runs,
         progress=not args.quiet,
         log=log,
+        extra_stores=args.also,
     )
     print(f"report: {res.html} ({len(res.figures)} figures), {res.markdown}, {res.json}")
     concl = res.summary.get("conclusion", {})
@@ -55,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--store", default="runs/sltlab.db", help="results store (default: runs/sltlab.db)")
+    p.add_argument("--also", action="append", default=[], metavar="STORE",
+                   help="another store whose runs join the report (repeatable), e.g. runs/glue_quick.db; its "
+                        "checkpoints must sit in the same runs folder")
     p.add_argument("--out", default="runs/report", help="output folder (default: runs/report)")
     p.add_argument("--data-dir", default=None, help="data root for GLUE dev sentences (else $SLTLAB_DATA, ...)")
     p.add_argument("--n-inputs", type=int, default=128, help="inputs per model for attention statistics")

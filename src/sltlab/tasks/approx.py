@@ -64,6 +64,9 @@ class ApproxStudy:
     search: SearchConfig = field(default_factory=lambda: SearchConfig(steps=300, lr=0.05))
     store: str = "runs/sltlab.db"
     out_dir: str = "runs/approx"
+    # Matrices of width 16-512 are far too small for intra-op parallelism: extra threads only spin (measured 20x
+    # slower with 2 threads on a busy 2-core machine). Does not enter the run id: results do not depend on it.
+    threads: int = 1
 
     def target_n_k(self, n_heads: int) -> int:
         return self.target_width if self.target_width is not None else max(1, self.d_model // n_heads)
@@ -93,7 +96,7 @@ class ApproxStudy:
                         f"source width {w} is smaller than the target's per-head width {tw} (heads={h})",
                         f"widths >= {tw}; a source must be at least as wide as its target",
                     )
-        for name in ("d_model", "n_blocks", "seq_len", "n_train", "n_test", "batch_size"):
+        for name in ("d_model", "n_blocks", "seq_len", "n_train", "n_test", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"study.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1")
         if not self.seeds or not self.score_seeds:
@@ -290,6 +293,7 @@ def run_study(study: ApproxStudy, store_path: str | None = None, progress: bool 
     from sltlab.runs.store import Store, make_run_id
     from sltlab.tickets.checkpoint import save_checkpoint
 
+    torch.set_num_threads(study.threads)
     cells = study.cells()
     ids = [make_run_id(KIND, c.config_dict(), c.seed) for c in cells]
     with Store(store_path or study.store) as store:
