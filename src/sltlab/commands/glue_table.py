@@ -1,0 +1,154 @@
+"""`sltlab glue-table`: the task x method x norm table of GLUE runs, mean ± std over seeds, as Markdown and
+CSV."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sltlab.runs.store import RunRecord, Store, atomic_write_text
+
+METHOD_ORDER = ("dense", "edge-popup", "ln-integrated", "annealed", "imp")
+TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+CELL_KEYS = ("task", "method", "norm", "seed")
+
+
+def _setting(config: dict[str, Any]) -> str:
+    """A short hash of everything but the cell's coordinates and the method-specific lr: runs that differ in
+    it
+    (e.g. a quick and a full sweep in one store) are never averaged together."""
+    rest = {k: v for k, v in config.items() if k not in (*CELL_KEYS, "lr")}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """One row per (task, method, norm, setting): mean and std of `main` (and of density, wall time) over
+    seeds."""
+    groups: dict[tuple, list[RunRecord]] = defaultdict(list)
+    for r in records:
+        c = r.config
+        groups[(c["task"], c["method"], c["norm"], _setting(c))].append(r)
+    rows = []
+    for (task, method, norm, setting), recs in groups.items():
+        recs = sorted(recs, key=lambda r: r.config["seed"])
+        main = [float(r.metrics["main"]) for r in recs]
+        mean, std = _mean_std(main)
+        dens = [float(r.metrics["density"]) for r in recs if "density" in r.metrics]
+        wall = [float(r.timings.get("total_s", 0.0)) for r in recs]
+        c = recs[0].config
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "norm": norm,
+                "setting": setting,
+                "metric": recs[0].metrics.get("main_metric", "main"),
+                "mean": mean,
+                "std": std,
+                "n": len(recs),
+                "seeds": " ".join(str(r.config["seed"]) for r in recs),
+                "values": " ".join(f"{v:.4f}" for v in main),
+                "density": statistics.fmean(dens) if dens else 1.0,
+                "params_total": recs[0].metrics.get("params_total"),
+                "params_trainable": recs[0].metrics.get("params_trainable"),
+                "wall_s_mean": statistics.fmean(wall),
+                "d_model": c.get("d_model"),
+                "n_layers": c.get("n_layers"),
+                "steps": c.get("steps"),
+            }
+        )
+
+    def order(row: dict[str, Any]) -> tuple:
+        t = TASK_ORDER.index(row["task"]) if row["task"] in TASK_ORDER else 99
+        m = METHOD_ORDER.index(row["method"]) if row["method"] in METHOD_ORDER else 99
+        return (t, row["task"], m, row["method"], row["setting"], row["norm"])
+
+    return sorted(rows, key=order)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    """Rows task x method (x setting when a task was run under several), columns the norms; cells mean ± std
+    (n), in GLUE points (x100)."""
+    norms = sorted({r["norm"] for r in rows}, key=lambda n: (n != "none", n))
+    per_task: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        per_task[r["task"]].add(r["setting"])
+    # a task run under two settings (quick and full, say) gets a setting column
+    several = any(len(v) > 1 for v in per_task.values())
+    table: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in rows:
+        table[(r["task"], r["method"], r["setting"], r["metric"])][r["norm"]] = r
+    head = ["task", "metric", "method", *(["setting"] if several else []), *norms, "density"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, method, setting, metric), by_norm in table.items():
+        cells = []
+        for n in norms:
+            r = by_norm.get(n)
+            cells.append("—" if r is None else f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({r['n']})")
+        dens = sorted({f"{r['density']:.2f}" for r in by_norm.values()})
+        lines.append(
+            "| "
+            + " | ".join([task, metric, method, *([setting] if several else []), *cells, "/".join(dens)])
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def handler(args: argparse.Namespace) -> int:
+    with Store(args.store) as store:
+        records = store.runs("glue", status="finished")
+    if args.task:
+        keep = {t.strip().lower() for t in args.task.split(",")}
+        records = [r for r in records if r.config.get("task") in keep]
+    if not records:
+        print(
+            f"no finished glue runs in {args.store}; run `sltlab glue --config configs/glue_quick.toml` first"
+        )
+        return 1
+    rows = summarise(records)
+    md = to_markdown(rows)
+    print(md, end="")
+    if args.out:
+        out = Path(args.out)
+        atomic_write_text(out / "glue_table.md", md)
+        atomic_write_text(out / "glue_table.csv", to_csv(rows))
+        print(f"wrote {out / 'glue_table.md'} and {out / 'glue_table.csv'}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "glue-table",
+        help="the GLUE task x method x norm table (mean ± std over seeds), Markdown + CSV",
+        description="Summarise the finished `sltlab glue` runs of a store: each task's main official metric, "
+        "mean ± std over seeds (n seeds in brackets), in GLUE points (x100), per method and norm. "
+        "Runs with different settings (e.g. quick and full sweeps) are kept apart by a setting hash.",
+        epilog="examples:\n  sltlab glue-table\n"
+        "  sltlab glue-table --store runs/glue_quick.db --out docs/results\n"
+        "  sltlab glue-table --task sst2,rte",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--store", default="runs/sltlab.db", help="results store (default runs/sltlab.db)")
+    p.add_argument("--out", help="folder to write glue_table.md and glue_table.csv into")
+    p.add_argument("--task", help="only these tasks (comma-separated)")
+    p.set_defaults(func=handler)

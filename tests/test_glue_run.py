@@ -1,0 +1,265 @@
+"""GLUE cells end to end on a tiny learnable task generated in GLUE layout: every method, the store contract,
+checkpoints that reload, the sweep's resume, and the two CLI commands."""
+
+from __future__ import annotations
+
+import csv
+import random
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sltlab.cli import main
+from sltlab.errors import ConfigError
+from sltlab.runs.store import Store
+from sltlab.tasks.glue_run import (
+    QUICK,
+    GlueRunConfig,
+    GlueSweepConfig,
+    TaskData,
+    evaluate,
+    prepare_data,
+    run_cell,
+    run_sweep,
+)
+from sltlab.tickets.checkpoint import checkpoint_extras, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+POS = ["good", "great", "fine", "superb", "lovely"]
+NEG = ["bad", "awful", "poor", "dull", "boring"]
+FILL = ["the", "film", "was", "a", "plot", "and", "very", "story", "it", "acting"]
+TINY = {
+    "d_model": 16,
+    "n_heads": 2,
+    "n_layers": 1,
+    "max_len": 12,
+    "vocab_size": 60,
+    "batch_size": 16,
+    "imp_rounds": 2,
+    "imp_fraction": 0.5,
+}
+
+
+def _sentence(rng: random.Random, label: int) -> str:
+    words = [rng.choice(FILL) for _ in range(rng.randint(3, 6))]
+    words.insert(rng.randint(0, len(words)), rng.choice(POS if label else NEG))
+    return " ".join(words)
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    """SST-2 (a sentiment word decides the label) and STS-B (score = 5 x word overlap) in the GLUE layout."""
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+    sst = root / "glue" / "SST-2"
+    sst.mkdir(parents=True)
+    for split, n in (("train", 400), ("dev", 120)):
+        rows = ["sentence\tlabel"]
+        for _ in range(n):
+            y = rng.randint(0, 1)
+            rows.append(f"{_sentence(rng, y)} \t{y}")
+        (sst / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    sts = root / "glue" / "STS-B"
+    sts.mkdir(parents=True)
+    for split, n in (("train", 200), ("dev", 60)):
+        rows = ["index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"]
+        for i in range(n):
+            a = [rng.choice(FILL + POS) for _ in range(5)]
+            k = rng.randint(0, 5)
+            b = a[:k] + [rng.choice(NEG) for _ in range(5 - k)]
+            rows.append(f"{i}\tg\tf\ty\t{i}\tnone\tnone\t{' '.join(a)}\t{' '.join(b)}\t{k:.3f}")
+        (sts / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLTLAB_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def sst_data(glue_dir, tmp_path_factory) -> TaskData:
+    return prepare_data(GlueRunConfig(task="sst2", **TINY), glue_dir, cache=tmp_path_factory.mktemp("cache"))
+
+
+CONTRACT = {"main_metric", "main", "accuracy", "params_total", "params_trainable", "dev_n"}
+
+
+@pytest.mark.parametrize(
+    "method,norm,steps,floor",
+    [
+        ("dense", "pre-ln", 150, 0.85),
+        ("edge-popup", "none", 150, 0.8),
+        ("ln-integrated", "pre-ln", 150, 0.8),
+        ("annealed", "pre-ln", 60, 0.0),
+    ],
+)
+def test_cell_learns_records_contract_and_reloads(tmp_path, glue_dir, sst_data, method, norm, steps, floor):
+    cfg = GlueRunConfig(task="sst2", method=method, norm=norm, seed=1, steps=steps, **TINY)
+    with Store(tmp_path / "s.db") as store:
+        rid, ran = run_cell(cfg, store, glue_dir, data=sst_data)
+        assert ran
+        rec = store.get(rid)
+        m = rec.metrics
+        assert set(m) >= CONTRACT and m["main_metric"] == "accuracy" and m["main"] == m["accuracy"]
+        assert m["main"] >= floor, m  # the sentiment word is learnable; chance is 0.5
+        assert rec.config["task"] == "sst2" and rec.config["method"] == method and rec.config["norm"] == norm
+        assert rec.config["lr"] > 0 and rec.config["seed"] == 1
+        assert m["dev_n"] == 120
+        if method != "dense":
+            if method == "annealed":  # the kept fraction is learned, not fixed
+                assert 0.0 < m["density"] < 1.0
+            else:
+                assert m["density"] == pytest.approx(0.5, abs=0.02)
+            assert m["params_trainable"] > 0.9 * m["params_total"]  # one score per masked weight
+        else:
+            assert "density" not in m and m["params_trainable"] <= m["params_total"]
+        assert (store.artifact_dir(rid) / "tokenizer.json").is_file()
+        model, spec = load_checkpoint(store.artifact_dir(rid) / "ticket.safetensors")
+        assert evaluate(model, sst_data)["accuracy"] == pytest.approx(m["accuracy"])
+        assert run_cell(cfg, store, glue_dir, data=sst_data) == (rid, False)  # finished: skipped
+
+
+def test_imp_rounds_follow_schedule_and_ticket_reloads(tmp_path, glue_dir, sst_data):
+    cfg = GlueRunConfig(
+        task="sst2",
+        method="imp",
+        norm="pre-ln",
+        steps=150,
+        imp_rewind_step=5,
+        **{**TINY, "imp_rounds": 2, "imp_fraction": 0.5},
+    )
+    with Store(tmp_path / "s.db") as store:
+        rid, _ = run_cell(cfg, store, glue_dir, data=sst_data)
+        m = store.get(rid).metrics
+        assert [r["round"] for r in m["rounds"]] == [0, 1, 2]
+        for r in m["rounds"]:
+            assert r["sparsity"] == pytest.approx(1 - 0.5 ** r["round"], abs=0.01)
+        assert m["density"] == pytest.approx(0.25, abs=0.01) and m["main"] == m["rounds"][-1]["main"]
+        assert m["rounds"][0]["main"] > 0.7
+        path = store.artifact_dir(rid) / "ticket.safetensors"
+        model, _ = load_checkpoint(path)
+        masks = {k: v.bool() for k, v in checkpoint_extras(path).items()}
+        q = model.get_submodule("stack.blocks.0.attn.q").weight
+        assert (q[~masks["mask::stack.blocks.0.attn.q"]] == 0).all()
+        assert evaluate(model, sst_data)["accuracy"] == pytest.approx(m["accuracy"])
+
+
+def test_stsb_regression_cell(tmp_path, glue_dir):
+    cfg = GlueRunConfig(task="stsb", method="dense", norm="pre-ln", steps=120, **TINY)
+    with Store(tmp_path / "s.db") as store:
+        rid, _ = run_cell(cfg, store, glue_dir)
+        m = store.get(rid).metrics
+    assert m["main_metric"] == "spearman" and {"spearman", "pearson"} <= set(m)
+    assert -1 <= m["pearson"] <= 1 and m["main"] == m["spearman"]
+
+
+def test_head_option_and_norm_affine_in_spec():
+    from sltlab.nn.spec import build_model
+    from sltlab.tasks.glue_run import model_spec
+
+    masked = build_model(model_spec(GlueRunConfig(method="edge-popup", **TINY), 60, 2))
+    trained = build_model(model_spec(GlueRunConfig(method="edge-popup", head="trained", **TINY), 60, 2))
+    assert hasattr(masked.head, "parametrizations") and not masked.head.parametrizations.weight.original.requires_grad
+    assert not hasattr(trained.head, "parametrizations") and trained.head.weight.requires_grad
+    assert trained.stack.blocks[0].attn.q.parametrizations.weight.original.requires_grad is False
+    ln = build_model(model_spec(GlueRunConfig(method="ln-integrated", **TINY), 60, 2))
+    assert ln.stack.blocks[0].norm1.weight.requires_grad and ln.stack.norm_f.bias.requires_grad
+    dense = build_model(model_spec(GlueRunConfig(method="dense", **TINY), 60, 2))
+    assert not dense.stack.blocks[0].norm1.weight.requires_grad  # pre-ln: frozen affine, as the norm spec says
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="'norm'.*needs a norm"):
+        GlueRunConfig(method="ln-integrated", norm="none")
+    with pytest.raises(ConfigError, match="'method'"):
+        GlueRunConfig.from_dict({"method": "lottery"})
+    with pytest.raises(ConfigError, match="task"):
+        GlueRunConfig(task="squad")
+    with pytest.raises(ConfigError, match="run.d_modle"):
+        GlueSweepConfig(run={"d_modle": 3}).cells()
+    with pytest.raises(ConfigError, match="run.seed"):
+        GlueSweepConfig(run={"seed": 3}).cells()
+    cells = GlueSweepConfig(
+        tasks=("rte",), methods=("dense", "ln-integrated"), norms=("none", "pre-ln"), seeds=(0, 1)
+    ).cells()
+    assert len(cells) == 6  # ln-integrated x none cannot exist and is skipped
+    assert GlueRunConfig(norm="LN").norm == "pre-ln"
+    per_task = GlueSweepConfig(
+        tasks=("rte",),
+        methods=("dense",),
+        norms=("none",),
+        task={"rte": {"steps": 7}, "cola": {"steps": 9}},
+        method={"dense": {"lr": 0.01}},
+        run={"steps": 5},
+    ).cells()
+    assert [(c.steps, c.lr) for c in per_task] == [(7, 0.01)]
+    with pytest.raises(ConfigError, match="task.squad"):
+        GlueSweepConfig(task={"squad": {"steps": 1}}).cells()
+
+
+def test_sweep_resumes(tmp_path, glue_dir):
+    sweep = GlueSweepConfig(
+        tasks=("sst2",),
+        methods=("dense", "edge-popup"),
+        norms=("none",),
+        seeds=(0,),
+        run={**TINY, "steps": 20},
+    )
+    logs: list[str] = []
+    with Store(tmp_path / "s.db") as store:
+        first = run_sweep(sweep, store, glue_dir, progress=False, log=logs.append)
+        second = run_sweep(sweep, store, glue_dir, progress=False, log=logs.append)
+    assert len(first["ran"]) == 2 and not first["failed"]
+    assert second["skipped"] == first["ran"] and not second["ran"]
+
+
+def test_cli_glue_and_table(tmp_path, glue_dir, capsys):
+    store = tmp_path / "cli.db"
+    sets = [a for k, v in {**TINY, "steps": 20}.items() for a in ("--set", f"{k}={v}")]
+    rc = main(
+        [
+            "glue",
+            "--task",
+            "sst2",
+            "--method",
+            "dense,edge-popup",
+            "--norm",
+            "none",
+            "--seeds",
+            "2",
+            "--data-dir",
+            str(glue_dir),
+            "--store",
+            str(store),
+            "--quiet",
+            *sets,
+        ]
+    )
+    assert rc == 0
+    out = tmp_path / "table"
+    assert main(["glue-table", "--store", str(store), "--out", str(out)]) == 0
+    md = (out / "glue_table.md").read_text()
+    assert "| sst2 | accuracy | dense |" in md and "(2)" in md
+    rows = list(csv.DictReader((out / "glue_table.csv").open()))
+    assert {r["method"] for r in rows} == {"dense", "edge-popup"} and all(r["n"] == "2" for r in rows)
+    with Store(store) as s:
+        vals = [r.metrics["main"] for r in s.runs("glue") if r.config["method"] == "dense"]
+    assert float(rows[0]["mean"]) == pytest.approx(float(np.mean(vals)))
+    capsys.readouterr()
+    assert main(["glue", "--task", "nope", "--method", "dense", "--store", str(store)]) == 2
+    assert "unknown GLUE task" in capsys.readouterr().err
+    assert main(["glue", "--task", "sst2", "--store", str(store), "--data-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_quick_preset_matches_config_file():
+    data = tomllib.loads((ROOT / "configs" / "glue_quick.toml").read_text())
+    assert data["sweep"]["run"] == QUICK
+    cells = GlueSweepConfig.from_dict(data["sweep"]).cells()
+    assert len(cells) == 5 * (3 * 2 + 1 * 1) * 2  # ln-integrated only with pre-ln
+    full = tomllib.loads((ROOT / "configs" / "glue_full.toml").read_text())
+    assert GlueSweepConfig.from_dict(full["sweep"]).cells()
