@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sltlab.errors import ConfigError
+from sltlab.tickets.supermask import weight_parametrizations
 
 
 @dataclass(frozen=True)
@@ -109,13 +110,7 @@ def attach_prune_masks(model: nn.Module, cfg: ImpConfig) -> dict[str, PruneMask]
 
 def prune_masks(model: nn.Module) -> dict[str, PruneMask]:
     """Module name -> its PruneMask, in module order."""
-    out = {}
-    for name, module in model.named_modules():
-        if parametrize.is_parametrized(module, "weight"):
-            for p in module.parametrizations.weight:
-                if isinstance(p, PruneMask):
-                    out[name] = p
-    return out
+    return weight_parametrizations(model, PruneMask)
 
 
 def _raw_weight(model: nn.Module, name: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from sltlab.nn.init import canonical_name, seeded_uniform
 from sltlab.nn.norm import is_norm
 
 Method = Literal["edge-popup", "annealed"]
+P = TypeVar("P", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -282,15 +283,20 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> nn.Module:
     return model
 
 
-def supermasks(model: nn.Module) -> dict[str, Supermask]:
-    """Module name -> its Supermask, in module order."""
-    out = {}
+def weight_parametrizations(model: nn.Module, kind: type[P]) -> dict[str, P]:
+    """Module name -> its weight parametrization of type `kind` (Supermask, IMP's PruneMask), in module order."""
+    out: dict[str, P] = {}
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
             for p in module.parametrizations.weight:
-                if isinstance(p, Supermask):
+                if isinstance(p, kind):
                     out[name] = p
     return out
+
+
+def supermasks(model: nn.Module) -> dict[str, Supermask]:
+    """Module name -> its Supermask, in module order."""
+    return weight_parametrizations(model, Supermask)
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
