@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick theory-quick
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick theory-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,21 @@ run: install
 	$(BIN)/sltlab approx configs/approx_quick.toml
 	$(BIN)/sltlab report --store runs/sltlab.db --out runs/report
 
-test: install
+# The report test opens the HTML in headless Chromium. Installed here when absent and apt-get can run (root or
+# passwordless sudo); otherwise that one test is skipped with the reason. Set BROWSER_INSTALL=0 to never try.
+BROWSER_INSTALL ?= 1
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ "$(BROWSER_INSTALL)" != "1" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ]; then SUDO=""; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	  echo "note: chromium absent and apt-get needs root; the headless report test will be skipped"; exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium for the report test (apt-get)"; \
+	  ( $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	    ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 ) ) \
+	  || echo "note: could not install chromium; the headless report test will be skipped"; \
+	else echo "note: no apt-get; install chromium yourself to run the headless report test"; fi
+
+test: install browser
 	$(BIN)/python -m pytest tests
 
 lint: install

@@ -14,7 +14,7 @@ import torch
 
 from sltlab.cli import main
 from sltlab.errors import ConfigError
-from sltlab.runs.store import Store
+from sltlab.runs.store import Store, make_run_id
 from sltlab.tasks.glue_run import (
     QUICK,
     GlueRunConfig,
@@ -171,6 +171,16 @@ def test_head_option_and_norm_affine_in_spec():
     assert ln.stack.blocks[0].norm1.weight.requires_grad and ln.stack.norm_f.bias.requires_grad
     dense = build_model(model_spec(GlueRunConfig(method="dense", **TINY), 60, 2))
     assert not dense.stack.blocks[0].norm1.weight.requires_grad  # pre-ln: frozen affine, as the norm spec says
+
+
+def test_affine_lr_is_hashed_only_when_set():
+    base = GlueRunConfig(method="ln-integrated", **TINY)
+    assert "affine_lr" not in base.to_dict()  # ids of runs made before the field existed stay valid
+    tuned = GlueRunConfig(method="ln-integrated", affine_lr=0.01, **TINY)
+    assert tuned.to_dict()["affine_lr"] == 0.01
+    assert make_run_id("glue", base.to_dict(), 0) != make_run_id("glue", tuned.to_dict(), 0)
+    with pytest.raises(ConfigError, match="'affine_lr'"):
+        GlueRunConfig(method="dense", affine_lr=0.01)
 
 
 def test_config_errors():

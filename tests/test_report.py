@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -234,14 +235,30 @@ def test_cli_analyze(store_path: Path, capsys) -> None:
     assert main(["analyze", "approx-nonexistent", "--store", str(store_path)]) == 2
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless chromium is not installed")
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless chromium is not installed (`make browser`)")
 def test_report_renders_in_headless_chromium(store_path: Path, tmp_path: Path) -> None:
     res = build_report(store_path, tmp_path / "c", max_attention_runs=1, n_inputs=8)
+    # A probe copy of the page: once loaded, it writes how many images actually decoded, so a broken or missing
+    # PNG shows up as a count, not just as an <img> tag in the DOM.
+    probe = res.html.with_name("probe.html")
+    script = (
+        "<script>window.addEventListener('load', () => { const im = [...document.images];"
+        " const ok = im.filter(i => i.complete && i.naturalWidth > 0).length;"
+        " document.body.insertAdjacentHTML('beforeend', `<p id=probe>images ${ok}/${im.length}</p>`); });</script>"
+    )
+    probe.write_text(res.html.read_text().replace("</body>", script + "</body>"))
     dom = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", res.html.as_uri()],
+        [
+            "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+            "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+        ],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=True,
     ).stdout
-    assert "Conclusion" in dom and dom.count("<img") >= 5
+    assert "Conclusion" in dom
+    found = re.search(r"images (\d+)/(\d+)", dom)
+    assert found is not None, "the probe script did not run"
+    ok, total = int(found.group(1)), int(found.group(2))
+    assert total >= 5 and ok == total, f"{total - ok} of {total} images failed to load"

@@ -140,6 +140,28 @@ def test_ln_integrated_frees_masks_and_norm_affine_only(tiny_cfg):
     assert all(n.endswith(".scores") for n in free_parameter_names(frozen))
 
 
+def test_free_lr_steps_norm_affine_apart_from_scores(tiny_cfg):
+    """One plain SGD step: scores move by lr * grad, the LN gain/bias by free_lr * grad, whatever the other is."""
+    cfg = SearchConfig(steps=1, lr=0.1, optimizer="sgd", momentum=0.0, grad_clip=0.0, schedule="constant")
+
+    def one_step(free_lr):
+        model = _encoder(tiny_cfg, SupermaskConfig(keep=0.5, train_norm=True), norm="pre-ln+affine")
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        run_search(model, _ce, _toy_batches(), cfg, progress=False, free_lr=free_lr)
+        return {n: p.detach() - before[n] for n, p in model.named_parameters() if p.requires_grad}
+
+    same, apart = one_step(None), one_step(1.0)
+    for name in same:
+        if name.endswith(".scores"):
+            assert torch.equal(same[name], apart[name]), name
+        else:
+            # atol: a few float32 ulps of a gain near 1, where the step is added and read back
+            torch.testing.assert_close(apart[name], same[name] * 10, rtol=1e-3, atol=5e-7)
+    assert any(not n.endswith(".scores") and same[n].abs().sum() > 0 for n in same)
+    with pytest.raises(ConfigError, match="free_lr"):
+        run_search(_encoder(tiny_cfg, SupermaskConfig()), _ce, _toy_batches(), cfg, progress=False, free_lr=0.0)
+
+
 def test_bad_mask_config():
     with pytest.raises(ConfigError, match=r"mask.keep"):
         SupermaskConfig(keep=1.5)

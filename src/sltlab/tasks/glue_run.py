@@ -91,6 +91,10 @@ class GlueRunConfig:
     it, 75% after 300 steps at lr 1e-3 with the 0.05 scale, a std near BERT's 0.02). The masked methods keep
     the pure seeded weights: a strong ticket only selects them.
 
+    affine_lr: peak lr of what a masked method trains besides its scores (the LN-integrated ticket's norm
+    gain/bias and scales, a trained head); 0 = the method's lr. Left out of the run id while 0, so runs made
+    before the field existed keep their ids.
+
     train_limit: 0 = the whole training set, else a subsample of that many rows drawn with `data_seed` (the
     same rows for every seed and method, so seeds vary the network and the batch order only). dev_limit: 0 =
     all.
@@ -121,6 +125,7 @@ class GlueRunConfig:
     steps: int = 400
     batch_size: int = 32
     lr: float = 0.0
+    affine_lr: float = 0.0
     weight_decay: float = 0.0
     warmup: int = 0
     grad_clip: float = 1.0
@@ -155,6 +160,13 @@ class GlueRunConfig:
         check_range("batch_size", self.batch_size, 1)
         check_range("max_len", self.max_len, 4)
         check_range("lr", self.lr, 0.0)
+        check_range("affine_lr", self.affine_lr, 0.0)
+        if self.affine_lr and self.method not in MASKED:
+            raise ConfigError(
+                "affine_lr",
+                f"only masked methods train scores apart from other tensors, not {self.method!r}",
+                "drop affine_lr, or use lr for dense and imp",
+            )
         check_range("train_limit", self.train_limit, 0)
         check_range("dev_limit", self.dev_limit, 0)
         check_range("trained_embedding_scale", self.trained_embedding_scale, 0.0, lo_open=True)
@@ -183,7 +195,10 @@ class GlueRunConfig:
         return dataclasses.replace(self, lr=self.lr or DEFAULT_LR[self.method])
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.resolved())
+        out = dataclasses.asdict(self.resolved())
+        if not out["affine_lr"]:
+            del out["affine_lr"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], prefix: str = "") -> GlueRunConfig:
@@ -390,6 +405,7 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
             search,
             progress=progress,
             desc=desc,
+            free_lr=cfg.affine_lr or None,
         )
         metrics = evaluate(model, data)
         if cfg.method in MASKED:

@@ -66,7 +66,8 @@ class SearchConfig:
         return self.temperature_start * (self.temperature_end / self.temperature_start) ** t
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: SearchConfig) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter] | list[dict[str, Any]], cfg: SearchConfig) -> torch.optim.Optimizer:
+    """params: tensors, or torch's parameter groups (dicts with "params" and any per-group option)."""
     if not params:
         raise ConfigError("search", "nothing to optimise: no parameter of the model requires a gradient")
     if cfg.optimizer == "sgd":
@@ -102,11 +103,25 @@ def run_search(
     progress: bool = True,
     desc: str = "search",
     log_every: int = 10,
+    free_lr: float | None = None,
 ) -> list[dict[str, float]]:
     """Optimise the model's trainable tensors for cfg.steps steps over `batches` (cycled). Returns the history:
-    one dict per `log_every` steps with step, loss, lr, temperature and seconds."""
+    one dict per `log_every` steps with step, loss, lr, temperature and seconds.
+
+    free_lr: peak learning rate of the trainable tensors that are not mask scores (norm gain/bias, scales, a
+    trained head), on the same schedule; None = cfg.lr. Scores want steps of order 0.1 while a LayerNorm gain
+    near 1 is wrecked by them, so the LN-integrated ticket needs the two apart."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, cfg)
+    if free_lr is None:
+        opt = make_optimizer(params, cfg)
+    else:
+        if free_lr <= 0:
+            raise ConfigError("free_lr", f"{free_lr} must be positive", "a number > 0, or leave it unset")
+        score_ids = {id(sm.scores) for sm in supermasks(model).values()}
+        scores = [p for p in params if id(p) in score_ids]
+        free = [p for p in params if id(p) not in score_ids]
+        groups = [{"params": scores, "lr_ratio": 1.0}, {"params": free, "lr_ratio": free_lr / cfg.lr}]
+        opt = make_optimizer([g for g in groups if g["params"]], cfg)
     annealed = any(sm.method == "annealed" for sm in supermasks(model).values())
     history: list[dict[str, float]] = []
     it = _cycle(batches)
@@ -117,7 +132,7 @@ def run_search(
         for step in range(cfg.steps):
             lr = cfg.lr_at(step)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_ratio", 1.0)
             temp = cfg.temperature_at(step) if annealed else float("nan")
             if annealed:
                 set_temperature(model, temp)
