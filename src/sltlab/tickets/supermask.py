@@ -97,7 +97,8 @@ class _SampledWeight(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         w, p = ctx.saved_tensors
-        return None, grad * w * (p * (1 - p) / ctx.temperature), None, None, None
+        # sigmoid_backward computes g * p * (1 - p) in one pass: the step's cost is a few passes over every weight
+        return None, torch.ops.aten.sigmoid_backward(grad * w, p).div_(ctx.temperature), None, None, None
 
 
 def _kth_largest_threshold(scores: torch.Tensor, keep: float) -> torch.Tensor:
@@ -204,8 +205,9 @@ class Supermask(nn.Module):
         if not self.training:
             return w * self.hard_mask()
         with torch.no_grad():
-            p = torch.sigmoid(self.scores / self.temperature)
-            sample = (torch.rand(p.shape, generator=self._gen) < p).to(p.dtype)
+            # in place where possible: each pass over all weights costs as much as a dense layer's bias step
+            p = (self.scores / self.temperature).sigmoid_()
+            sample = torch.rand(p.shape, generator=self._gen).lt_(p)  # float 0/1, same draws as `rand < p`
         return _SampledWeight.apply(w, self.scores, sample, p, self.temperature)
 
     def _apply_scale(self, w: torch.Tensor) -> torch.Tensor:
