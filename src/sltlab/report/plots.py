@@ -1,6 +1,6 @@
 """The report's figures, each a function from plain numbers to PNG bytes (matplotlib, Agg backend).
 
-Kept apart from `sltlab.report` so the report logic (what to compare, which test) reads without plotting
+Kept apart from the report's sections so the report logic (what to compare, which test) reads without plotting
 noise, and so each figure can be drawn from numbers a test makes up.
 """
 

@@ -1,0 +1,24 @@
+"""The report's first section: what the store holds, by kind and status."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+
+from sltlab.report.blocks import Section, Table
+from sltlab.report.context import ReportContext
+from sltlab.runs.store import RunRecord
+
+
+def section_overview(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Section:
+    s = Section("Store overview")
+    rows = []
+    for kind in sorted(set(runs) | {"approx", "glue", "peft", "lm"}):
+        recs = runs.get(kind, [])
+        statuses: dict[str, int] = defaultdict(int)
+        for r in ctx.store.runs(kind, status=None):
+            statuses[r.status] += 1
+        rows.append([kind, len(recs), ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())) or "none"])
+    s.p(f"Store `{ctx.store.path}`; report built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.")
+    s.table(Table(["kind", "finished runs", "all runs by status"], rows))
+    return s
