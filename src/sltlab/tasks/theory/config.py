@@ -1,0 +1,108 @@
+"""What `sltlab theory` reads from its TOML file: one frozen dataclass per experiment section, plus the
+construction's solver settings. asdict() of these goes into every cell's store config, so renaming a field
+changes run ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sltlab.runs.config import from_dict, load_toml
+from sltlab.tickets.construct import ConstructConfig
+
+DEFAULT_CONFIG = "configs/theory_quick.toml"
+
+
+@dataclass(frozen=True)
+class WidthExp:
+    d_model: int = 16
+    heads: int = 2
+    widths: tuple[int, ...] = (32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384)
+    search_widths: tuple[int, ...] = (32, 64, 128, 256, 384)
+    methods: tuple[str, ...] = ("construct", "edge-popup")
+    variants: tuple[str, ...] = ("none",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    source_init: str = "theory"
+    source_gain: float = 1.0
+    search_inits: tuple[str, ...] = ("theory", "kaiming-uniform")
+    search_variants: tuple[str, ...] = ("none",)
+    search_seeds: tuple[int, ...] = (0, 1, 2)
+    search_steps: int = 300
+    search_lr: float = 0.05
+    seq_len: int = 8
+    n_train: int = 2048
+    n_test: int = 512
+    floor: float = 3e-6
+
+
+@dataclass(frozen=True)
+class ThresholdExp:
+    d_models: tuple[int, ...] = (4, 8, 16)
+    heads: int = 2
+    per_coordinate: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24)
+    gains: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)
+    gain_d_model: int = 8
+    seeds: tuple[int, ...] = (0, 1)
+    source_init: str = "theory"
+    eps: float = 0.01
+    seq_len: int = 8
+    n_test: int = 512
+
+
+@dataclass(frozen=True)
+class AngularExp:
+    seq_len: int = 16
+    target_width: int = 4
+    widths: tuple[int, ...] = (4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48)
+    gains: tuple[float, ...] = (1.0, 2.0)
+    blocks: tuple[int, ...] = (1, 2, 3, 4)
+    stack_widths: tuple[int, ...] = (8, 16, 24, 32, 40, 48)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train_steps: int = 400
+    n_test: int = 1024
+
+
+@dataclass(frozen=True)
+class SeqlenExp:
+    seq_lens: tuple[int, ...] = (4, 8, 16, 32, 64)
+    widths: tuple[int, ...] = (32, 48)
+    blocks: int = 2
+    gain: float = 2.0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    train_steps: int = 400
+    n_test: int = 1024
+
+
+@dataclass(frozen=True)
+class WarmstartExp:
+    d_model: int = 16
+    heads: int = 2
+    widths: tuple[int, ...] = (192, 256, 320)
+    seeds: tuple[int, ...] = (0, 1)
+    search_steps: int = 300
+    search_lrs: tuple[float, ...] = (0.001, 0.05)
+    source_init: str = "theory"
+    seq_len: int = 8
+    n_train: int = 2048
+    n_test: int = 512
+
+
+@dataclass(frozen=True)
+class TheoryConfig:
+    """All five experiments; a TOML file may set any subset of their fields."""
+
+    width: WidthExp = field(default_factory=WidthExp)
+    threshold: ThresholdExp = field(default_factory=ThresholdExp)
+    angular: AngularExp = field(default_factory=AngularExp)
+    seqlen: SeqlenExp = field(default_factory=SeqlenExp)
+    warmstart: WarmstartExp = field(default_factory=WarmstartExp)
+    construct: ConstructConfig = field(default_factory=ConstructConfig)
+
+
+def load_config(path: str | None) -> TheoryConfig:
+    """The config at `path` (its [theory] table, or the whole file), else DEFAULT_CONFIG when present, else
+    the defaults."""
+    if path is None:
+        return TheoryConfig() if not Path(DEFAULT_CONFIG).is_file() else load_config(DEFAULT_CONFIG)
+    data = load_toml(path)
+    return from_dict(TheoryConfig, data.get("theory", data), prefix="theory")

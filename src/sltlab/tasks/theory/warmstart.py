@@ -1,0 +1,120 @@
+"""Gradient search (edge-popup) started from the constructed ticket, against the same search from scratch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from sltlab.tasks.theory.config import TheoryConfig, WarmstartExp
+from sltlab.tasks.theory.curves import mean_by
+from sltlab.tasks.theory.output import figure, save_png, write_csv
+from sltlab.tasks.theory.runner import Runner
+from sltlab.tickets.construct import ConstructConfig
+
+
+def _warm_cell(
+    d: int,
+    heads: int,
+    width: int,
+    seed: int,
+    lr: float,
+    e: WarmstartExp,
+    mode: str,
+    construct: ConstructConfig,
+    progress: bool,
+) -> dict[str, Any]:
+    from sltlab.nn.spec import build_model
+    from sltlab.tasks.approx import ApproxStudy, evaluate_pair, forward_out, random_inputs, search_ticket
+    from sltlab.tickets.construct import warm_start
+    from sltlab.tickets.search import SearchConfig
+
+    study = ApproxStudy(
+        name="theory-warmstart",
+        d_model=d,
+        heads=(heads,),
+        widths=(width,),
+        variants=("none",),
+        methods=("edge-popup",),
+        seeds=(seed,),
+        source_init=e.source_init,
+        seq_len=e.seq_len,
+        n_train=e.n_train,
+        n_test=e.n_test,
+        search=SearchConfig(steps=e.search_steps, lr=lr),
+    )
+    run = study.cells()[0]
+    target, source = build_model(run.target_spec()), build_model(run.source_spec())
+    x = random_inputs(seed, e.n_train, e.seq_len, d, "train")
+    xt = random_inputs(seed, e.n_test, e.seq_len, d, "test")
+    with torch.no_grad():
+        y, _ = forward_out(target, x)
+
+    def evaluate(m: torch.nn.Module) -> float:
+        return evaluate_pair(m, target, xt)["rel_error"]
+
+    if mode == "warm":
+        out = warm_start(run, source, target, x, y, progress, construct, evaluate)
+        out.pop("per_layer_construct", None)
+        return out
+    res = search_ticket(run, source, target, x, y, progress)
+    return {"cold_error": evaluate(source), "cold_final_loss": res["final_loss"]}
+
+
+def run_warmstart(cfg: TheoryConfig, runner: Runner, out: Path) -> dict[str, Any]:
+    e = cfg.warmstart
+    rows = []
+    jobs = [(w, s, lr, mode) for w in e.widths for s in e.seeds for lr in e.search_lrs for mode in ("warm", "cold")]
+    for w, s, lr, mode in tqdm(jobs, desc="theory warmstart", disable=not runner.progress):
+        conf = {
+            "experiment": f"warmstart-{mode}",
+            **asdict(e),
+            "width": w,
+            "seed": s,
+            "lr": lr,
+            "construct": asdict(cfg.construct),
+        }
+        conf.pop("widths")
+        conf.pop("seeds")
+        conf.pop("search_lrs")
+        m = runner(
+            conf,
+            lambda w=w, s=s, lr=lr, mode=mode: _warm_cell(e.d_model, e.heads, w, s, lr, e, mode, cfg.construct, False),
+        )
+        if mode == "warm":
+            rows.append(
+                {
+                    "width": w,
+                    "seed": s,
+                    "lr": lr,
+                    "constructed": m["warm_error_before"],
+                    "warm_after_search": m["warm_error_after"],
+                    "mask_changed_fraction": m["warm_mask_changed_fraction"],
+                }
+            )
+        else:
+            rows[-1]["cold_search"] = m["cold_error"]
+    write_csv(out / "warmstart.csv", rows)
+    fig, axes = figure(1)
+    summary: dict[str, Any] = {}
+    for lr in e.search_lrs:
+        sub = [r for r in rows if r["lr"] == lr]
+        for key, style in (("warm_after_search", "o-"), ("cold_search", "s--")):
+            means = mean_by(sub, ("width",), key)
+            ws = sorted(k[0] for k in means)
+            axes[0].semilogy(ws, [means[(w,)] for w in ws], style, label=f"{key} (lr={lr})")
+            summary[f"{key} lr={lr}"] = means
+    means = mean_by(rows, ("width",), "constructed")
+    ws = sorted(k[0] for k in means)
+    axes[0].semilogy(ws, [means[(w,)] for w in ws], "k^-", label="constructed (start)")
+    summary["constructed"] = means
+    summary["mask_changed_fraction"] = mean_by(rows, ("width", "lr"), "mask_changed_fraction", False)
+    axes[0].set_xlabel("source width n")
+    axes[0].set_ylabel("relative error")
+    axes[0].set_title(f"warm start from the constructed ticket (d={e.d_model}, H={e.heads})")
+    axes[0].legend(fontsize=7)
+    save_png(fig, out / "warmstart.png")
+    return summary
