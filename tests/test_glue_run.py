@@ -273,3 +273,21 @@ def test_quick_preset_matches_config_file():
     assert len(cells) == 5 * (3 * 2 + 1 * 1) * 2  # ln-integrated only with pre-ln
     full = tomllib.loads((ROOT / "configs" / "glue_full.toml").read_text())
     assert GlueSweepConfig.from_dict(full["sweep"]).cells()
+
+
+def test_table_labels_settings_by_what_differs():
+    from sltlab.commands.glue_table import summarise, to_markdown
+    from sltlab.runs.store import RunRecord
+
+    def rec(seed, main_value, **extra):
+        config = {"task": "sst2", "method": "ln-integrated", "norm": "pre-ln", "seed": seed, "lr": 0.1,
+                  "steps": 400, **extra}
+        metrics = {"main": main_value, "main_metric": "accuracy", "density": 0.5}
+        return RunRecord(f"glue-{seed}{extra}", "glue", "finished", seed, config, metrics, {"total_s": 1.0},
+                         None, "0", "h", 0.0, 1.0)
+
+    rows = summarise([rec(0, 0.70), rec(1, 0.72), rec(0, 0.75, affine_lr=0.01), rec(1, 0.77, affine_lr=0.01)])
+    assert [(r["setting_label"], r["n"]) for r in rows] == [("default", 2), ("affine_lr=0.01", 2)]
+    assert rows[0]["mean"] == pytest.approx(0.71) and rows[1]["mean"] == pytest.approx(0.76)
+    md = to_markdown(rows)
+    assert "| sst2 | accuracy | ln-integrated | affine_lr=0.01 |" in md and "| default |" in md

@@ -28,6 +28,23 @@ def _setting(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
 
 
+def _setting_labels(records: list[RunRecord]) -> dict[tuple[str, str], str]:
+    """(task, setting hash) -> the fields that set it apart from the task's other settings, e.g.
+    "affine_lr=0.01"; "default" for the one that only lacks them. A hash alone tells a reader nothing."""
+    by_task: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for r in records:
+        rest = {k: v for k, v in r.config.items() if k not in (*CELL_KEYS, "lr")}
+        by_task[r.config["task"]][_setting(r.config)] = rest
+    labels: dict[tuple[str, str], str] = {}
+    for task, settings in by_task.items():
+        keys = sorted({k for rest in settings.values() for k in rest})
+        varying = [k for k in keys if len({json.dumps(rest.get(k), sort_keys=True) for rest in settings.values()}) > 1]
+        for h, rest in settings.items():
+            parts = [f"{k}={rest[k]}" for k in varying if rest.get(k) is not None]
+            labels[(task, h)] = ", ".join(parts) or "default"
+    return labels
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
@@ -39,6 +56,7 @@ def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
     for r in records:
         c = r.config
         groups[(c["task"], c["method"], c["norm"], _setting(c))].append(r)
+    labels = _setting_labels(records)
     rows = []
     for (task, method, norm, setting), recs in groups.items():
         recs = sorted(recs, key=lambda r: r.config["seed"])
@@ -53,6 +71,7 @@ def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
                 "method": method,
                 "norm": norm,
                 "setting": setting,
+                "setting_label": labels[(task, setting)],
                 "metric": recs[0].metrics.get("main_metric", "main"),
                 "mean": mean,
                 "std": std,
@@ -72,7 +91,8 @@ def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
     def order(row: dict[str, Any]) -> tuple:
         t = TASK_ORDER.index(row["task"]) if row["task"] in TASK_ORDER else 99
         m = METHOD_ORDER.index(row["method"]) if row["method"] in METHOD_ORDER else 99
-        return (t, row["task"], m, row["method"], row["setting"], row["norm"])
+        label = row["setting_label"]
+        return (t, row["task"], m, row["method"], label != "default", label, row["norm"])
 
     return sorted(rows, key=order)
 
@@ -97,10 +117,10 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     several = any(len(v) > 1 for v in per_task.values())
     table: dict[tuple, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in rows:
-        table[(r["task"], r["method"], r["setting"], r["metric"])][r["norm"]] = r
+        table[(r["task"], r["method"], r["setting_label"], r["metric"])][r["norm"]] = r
     head = ["task", "metric", "method", *(["setting"] if several else []), *norms, "density"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (task, method, setting, metric), by_norm in table.items():
+    for (task, method, label, metric), by_norm in table.items():
         cells = []
         for n in norms:
             r = by_norm.get(n)
@@ -108,7 +128,7 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
         dens = sorted({f"{r['density']:.2f}" for r in by_norm.values()})
         lines.append(
             "| "
-            + " | ".join([task, metric, method, *([setting] if several else []), *cells, "/".join(dens)])
+            + " | ".join([task, metric, method, *([label] if several else []), *cells, "/".join(dens)])
             + " |"
         )
     return "\n".join(lines) + "\n"
