@@ -29,7 +29,7 @@ def _run(method: str) -> str:
 
 
 def test_two_processes_find_bit_identical_tickets():
-    for method in ("edge-popup", "annealed"):
+    for method in ("edge-popup", "annealed", "multicoated", "partially-frozen"):
         a, b = _run(method), _run(method)
         assert a == b, method
         assert len(a.split()[0]) == hashlib.sha256().digest_size * 2

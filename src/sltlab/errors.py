@@ -10,6 +10,8 @@ class ConfigError(SltlabError, ValueError):
 
     def __init__(self, field: str, problem: str, accepts: str | None = None):
         self.field = field
+        self.problem = problem
+        self.accepts = accepts
         msg = f"config field '{field}': {problem}"
         if accepts:
             msg += f" (accepts: {accepts})"

@@ -10,11 +10,11 @@ Does a wider random multi-head attention contain a strong lottery ticket that im
 does the error fall with the source's width, with and without LayerNorm?
 
 For every cell of the sweep (heads x norm variant x method x width x seed x score seed) sltlab draws a target and a
-wider random source from the seed, finds the source's mask (edge-popup or annealed search on the output MSE, or the
-theory's subset-sum construction), and measures the relative output error on held-out random inputs. Cells are
-stored in SQLite under a hash of their config, so an interrupted sweep resumes. After the sweep it writes
-approx.csv, fits.md/json (exponential and power-law fits of error vs width per variant) and error_vs_width.png to
-the output folder, and prints the fits.
+wider random source from the seed, finds the source's mask (edge-popup, multicoated or partially-frozen edge-popup,
+or annealed search on the output MSE, or the theory's subset-sum construction), and measures the relative output
+error on held-out random inputs. Cells are stored in SQLite under a hash of their config, so an interrupted sweep
+resumes. After the sweep it writes approx.csv, fits.md/json (exponential and power-law fits of error vs width per
+variant) and error_vs_width.png to the output folder, and prints the fits.
 
 Norm variants: none, pre-ln, post-ln, pre-rms, post-rms, with '+affine' for a learned gain/bias
 (ln-integrated = pre-ln+affine: masks and the LayerNorm's gain and bias are learned, nothing else).
@@ -25,6 +25,7 @@ examples:
   sltlab approx configs/approx_quick.toml
   sltlab approx configs/approx_quick.toml --variants none pre-ln --widths 16 64 --seeds 0
   sltlab approx configs/approx_full.toml --store runs/full.db --out runs/approx_full
+  sltlab approx configs/approx_variants.toml     # edge-popup vs multicoated vs partially frozen sources
 """
 
 
@@ -35,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", help="SQLite store (default: the config's `store`, else runs/sltlab.db)")
     p.add_argument("--out", help="folder for CSV, fits and plots (default: the config's `out_dir`)")
     p.add_argument("--variants", nargs="+", help="override the config's norm variants")
-    p.add_argument("--methods", nargs="+", help="override the methods: edge-popup annealed construct")
+    p.add_argument("--methods", nargs="+",
+                   help="override the methods: edge-popup annealed multicoated partially-frozen construct")
     p.add_argument("--widths", nargs="+", type=int, help="override the source widths")
     p.add_argument("--heads", nargs="+", type=int, help="override the head counts")
     p.add_argument("--seeds", nargs="+", type=int, help="override the weight seeds")

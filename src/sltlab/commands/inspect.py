@@ -47,12 +47,12 @@ def describe(parts) -> list[str]:  # noqa: ANN001 - TicketParts, imported lazily
     spec, h, sizes = parts.spec, parts.header, parts.sizes
     m = spec.model
     lines = [
-        f"format v1 ticket, {sizes['total']:,} bytes (sltlab {h.get('sltlab_version')}, "
+        f"format v{parts.version} ticket, {sizes['total']:,} bytes (sltlab {h.get('sltlab_version')}, "
         f"torch {h.get('torch_version')})",
         f"model: {spec.arch} d={m.d_model} heads={m.n_heads} layers={m.n_layers} norm={m.norm.name} "
         f"vocab={m.vocab_size}; init {spec.init.scheme} seed={spec.init.seed}"
         + (
-            f"; mask {spec.mask.method} keep={spec.mask.keep} scale={spec.mask.scale}"
+            f"; mask {spec.mask.method} keep={spec.mask.keep} scale={spec.mask.scale}" + _variant_text(spec.mask)
             if spec.mask
             else "; no mask (dense)"
         ),
@@ -73,6 +73,16 @@ def describe(parts) -> list[str]:  # noqa: ANN001 - TicketParts, imported lazily
     dtypes = sorted({e["dtype"] for e in h.get("floats", [])})
     lines.append(f"floats: {len(parts.floats)} tensors, {n_floats:,} values ({', '.join(dtypes) or '-'})")
     return lines
+
+
+def _variant_text(mask) -> str:  # noqa: ANN001 - SupermaskConfig, imported lazily
+    out = f" coats={mask.coats}" if mask.coats > 1 else ""
+    if mask.frozen_pruned or mask.frozen_kept:
+        out += f" frozen pruned={mask.frozen_pruned} kept={mask.frozen_kept} (seed {mask.frozen_seed})"
+    if out:
+        # the coder stores nested coats and skips frozen weights, so the per-tensor floors below are not its cost
+        out += "; masks = where any coat keeps"
+    return out
 
 
 def mask_table(parts, limit: int) -> list[str]:  # noqa: ANN001

@@ -33,7 +33,11 @@ class ModelSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.mask is not None:
+            # Variant options at their defaults stay out, so older specs keep their JSON (and file bytes).
+            out["mask"] = self.mask.to_dict()
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

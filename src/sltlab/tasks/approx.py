@@ -4,8 +4,12 @@ Target: a multi-head attention (arch "mha": a bare MHA under the norm spec, no r
 (arch "stack"), weights drawn from a seed. Source: the same kind, same d_model, heads and norm spec, but per-head
 query/key/value width n (swept); random and frozen. The ticket is the mask on the source that minimises the mean
 squared output error to the target on random Gaussian inputs (plus the norm affine for a LayerNorm-integrated ticket,
-variant "...+affine" or "ln-integrated"). On held-out inputs we report the relative error, the max per-token l2
-error, the error relative to the attention branch's contribution, and per-block errors for stacks.
+variant "...+affine" or "ln-integrated"). Besides plain edge-popup and annealed masks the search can use the field's
+edge-popup variants (sltlab.tickets.supermask): method "multicoated" (`coats` nested coats, `coat_keeps`) and method
+"partially-frozen" (a `frozen_pruned` / `frozen_kept` fraction of the source fixed before the search, drawn from the
+run seed, so every score seed searches the same partially frozen source). On held-out inputs we report the
+relative error, the max per-token l2 error, the error relative to the attention branch's contribution, and
+per-block errors for stacks.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
 
 VARIANT_ALIASES = {"ln-integrated": "pre-ln+affine", "no-ln": "none"}
-SEARCH_METHODS = ("edge-popup", "annealed")
+MASK_VARIANT_METHODS = ("multicoated", "partially-frozen")  # edge-popup searches with a mask variant switched on
+SEARCH_METHODS = ("edge-popup", "annealed", *MASK_VARIANT_METHODS)
 METHODS = (*SEARCH_METHODS, "construct")
 
 
@@ -62,6 +67,12 @@ class ApproxStudy:
     n_test: int = 1024
     batch_size: int = 128
     search: SearchConfig = field(default_factory=lambda: SearchConfig(steps=300, lr=0.05))
+    # Mask-variant settings, read only by the methods that name them (and hashed only into their cells' run ids):
+    # "multicoated" uses coats / coat_keeps ([] = evenly spaced below keep), "partially-frozen" the two fractions.
+    coats: int = 3
+    coat_keeps: tuple[float, ...] = ()
+    frozen_pruned: float = 0.2
+    frozen_kept: float = 0.1
     store: str = "runs/sltlab.db"
     out_dir: str = "runs/approx"
     # Matrices of width 16-512 are far too small for intra-op parallelism: extra threads only spin (measured 20x
@@ -101,6 +112,28 @@ class ApproxStudy:
                 raise ConfigError(f"study.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1")
         if not self.seeds or not self.score_seeds:
             raise ConfigError("study.seeds", "needs at least one seed and one score seed")
+        if "multicoated" in self.methods and self.coats < 2:
+            raise ConfigError("study.coats", f"method 'multicoated' with {self.coats} coat(s) is plain edge-popup",
+                              "coats >= 2, or method 'edge-popup'")
+        if "partially-frozen" in self.methods and self.frozen_pruned == 0 and self.frozen_kept == 0:
+            raise ConfigError("study.frozen_pruned",
+                              "method 'partially-frozen' with nothing frozen is plain edge-popup",
+                              "frozen_pruned and/or frozen_kept > 0, or method 'edge-popup'")
+        for method in MASK_VARIANT_METHODS:
+            if method in self.methods:
+                try:
+                    SupermaskConfig(keep=self.keep, **self.mask_variant(method, 0))
+                except ConfigError as err:  # the study's own field names, not the mask's
+                    raise ConfigError(err.field.replace("mask.", "study.", 1), err.problem, err.accepts) from None
+
+    def mask_variant(self, method: str, seed: int) -> dict[str, Any]:
+        """The SupermaskConfig options that `method` switches on (none for plain methods). seed: the run seed,
+        which draws the frozen pattern, so every score seed searches the same partially frozen source."""
+        if method == "multicoated":
+            return {"coats": self.coats, "coat_keeps": self.coat_keeps}
+        if method == "partially-frozen":
+            return {"frozen_pruned": self.frozen_pruned, "frozen_kept": self.frozen_kept, "frozen_seed": seed}
+        return {}
 
     def __post_init__(self) -> None:
         for name in ("heads", "widths", "variants", "methods", "seeds", "score_seeds"):
@@ -144,6 +177,9 @@ class ApproxRun:
             "keep": s.keep, "scale": s.scale, "target_init": s.target_init, "source_init": s.source_init,
             "source_gain": s.source_gain, "seq_len": s.seq_len, "n_train": s.n_train, "n_test": s.n_test,
             "batch_size": s.batch_size, "search": asdict(s.search),
+            # only the variant methods' cells carry these, so plain cells keep the run ids they always had
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in s.mask_variant(self.method, self.seed).items()
+               if k != "frozen_seed"},
         }
 
     def target_spec(self) -> ModelSpec:
@@ -169,6 +205,7 @@ class ApproxRun:
             mask = SupermaskConfig(
                 method="annealed" if self.method == "annealed" else "edge-popup", keep=s.keep,
                 scale=s.scale, train_norm=self.norm.affine == "trainable", seed=self.score_seed,
+                **s.mask_variant(self.method, self.seed),
             )
         init = InitSpec(scheme=s.source_init, seed=10_000 + self.seed, gain=s.source_gain)  # type: ignore[arg-type]
         return ModelSpec(t.arch, cfg, init, mask)
@@ -218,7 +255,7 @@ TicketFinder = Callable[[ApproxRun, nn.Module, nn.Module, torch.Tensor, torch.Te
 
 def search_ticket(run: ApproxRun, source: nn.Module, target: nn.Module, x_train: torch.Tensor,
                   y_train: torch.Tensor, progress: bool) -> dict[str, Any]:
-    """Gradient search (edge-popup or annealed) of the source's mask on the normalised output MSE."""
+    """Gradient search (edge-popup, its variants, or annealed) of the source's mask on the normalised output MSE."""
     s = run.study
     gen = torch.Generator().manual_seed(run.seed * 7919 + run.score_seed)
     denom = y_train.pow(2).mean().clamp_min(1e-12)

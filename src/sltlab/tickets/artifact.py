@@ -6,7 +6,7 @@ scheme, shapes), so the file holds only what the search chose.
 File layout (all integers little-endian)::
 
     magic      8 bytes   b"SLTICKT\\0"
-    version    u16       FORMAT_VERSION; a reader refuses newer versions instead of guessing
+    version    u16       1, or 2 when the masks use a variant (below); a reader refuses newer versions
     reserved   u16       0
     header_len u32       length of the compressed header
     header     zlib(JSON) {"spec": ModelSpec dict, "masks": [...], "floats": [...], "probe": {...}, ...}
@@ -18,6 +18,13 @@ Bernoulli model whose parameter is p = ones / n; the counts `ones` are in the he
 nothing else and checks them afterwards. A mask that is all zeros or all ones costs nothing. The stream lands
 within a few bytes of sum n * H(p) for the whole file.
 
+Mask variants (format version 2; a file without them is still written as version 1, byte for byte as before):
+a multicoated layer is stored as its nested coats, coat 1 over the layer's weights, coat i over the weights coat
+i-1 keeps, each a Bernoulli stream of the same coder, so a weight's coat count costs about sum_i n_i H(p_i) bits;
+the header entry lists the streams' (n, ones) as "streams" and the coat count as "coats". A partially frozen layer
+codes only its unfrozen weights: the frozen pattern regenerates from (spec.mask.frozen_seed, layer name, shape)
+at decode, where it is checked against the streams' sizes. A version-1 reader refuses these files by their version.
+
 Free floats: every tensor of the model's state that the seed does *not* regenerate bit for bit (norm affine,
 scales, a trained head, or all weights of a dense run), as float32 (bit-exact, the default) or float16 ("exact
 to the fp16 values"). Scores are never stored: the masks replace them.
@@ -26,7 +33,8 @@ Fixing masks on load (the mechanism): after `build_model(spec)` regenerates the 
 scores are overwritten so that its deterministic `hard_mask()` reproduces the stored mask exactly (checked):
     edge-popup: scores = mask as 0.0/1.0. The top-k threshold of the scores (or of |scores|) is then 1.0,
                 because the stored mask has at least k ones (ties only add ones), per layer or under one
-                global threshold alike;
+                global threshold alike. Multicoated: scores = coat count, so coat i's threshold is i. Frozen
+                weights rank at +-inf whatever their scores, so the same holds among the unfrozen ones;
     annealed:   scores = +1 where kept, -1 where pruned (hard_mask is scores > 0).
 The model is returned in eval mode, where both methods use hard_mask(): its forward equals the exported one's.
 
@@ -54,12 +62,14 @@ import torch
 from torch import nn
 
 from sltlab.errors import ArtifactError, SltlabError
+from sltlab.nn.init import canonical_name
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.runs.store import atomic_write_bytes
-from sltlab.tickets.supermask import Supermask, supermasks
+from sltlab.tickets.supermask import Supermask, frozen_pattern, supermasks
 
 MAGIC = b"SLTICKT\x00"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this sltlab reads; it writes 1 unless a mask variant needs 2
+_PLAIN_VERSION = 1
 _PREFIX = struct.Struct("<8sHHI")
 _DIGEST_LEN = 32
 MASK_CODER = "bernoulli-range-v1"
@@ -79,6 +89,8 @@ class TicketParts:
     probe: dict[str, Any]
     header: dict[str, Any]
     sizes: dict[str, int] = field(default_factory=dict)
+    coats: dict[str, torch.Tensor] = field(default_factory=dict)  # multicoated layers: coat count per weight (uint8)
+    version: int = _PLAIN_VERSION
 
 
 # -- entropy coding of binary masks ------------------------------------------------------------------------
@@ -251,12 +263,27 @@ def export_ticket(
 
         raise ConfigError("floats", f"unknown float format {floats!r}", " | ".join(FLOAT_DTYPES))
     model = model.cpu()
-    named = [(name, sm.hard_mask().bool()) for name, sm in supermasks(model).items()]
-    stream, counts = encode_masks([m for _, m in named])
-    mask_entries = [
-        {"name": name, "shape": list(m.shape), "ones": ones}
-        for (name, m), ones in zip(named, counts, strict=True)
-    ]
+    sequences: list[torch.Tensor] = []
+    layouts: list[tuple[str, Supermask, int, int]] = []  # name, supermask, first sequence, number of sequences
+    for name, sm in supermasks(model).items():
+        if sm.is_plain and spec.mask is not None and not spec.mask.is_plain:
+            raise ArtifactError(f"mask {name!r} is a plain supermask but the spec asks for coats or frozen parts; "
+                                "export the model with the spec it was built from")
+        seqs = [sm.hard_mask().bool()] if sm.is_plain else _variant_sequences(name, sm, spec)
+        layouts.append((name, sm, len(sequences), len(seqs)))
+        sequences += seqs
+    stream, counts = encode_masks(sequences)
+    mask_entries: list[dict[str, Any]] = []
+    for name, sm, start, n_seq in layouts:
+        entry: dict[str, Any] = {"name": name, "shape": list(sm.scores.shape)}
+        if sm.is_plain:
+            entry["ones"] = counts[start]
+        else:
+            entry["coats"] = sm.coats
+            entry["frozen"] = sm.unfrozen is not None
+            entry["streams"] = [[sequences[j].numel(), counts[j]] for j in range(start, start + n_seq)]
+        mask_entries.append(entry)
+    version = _PLAIN_VERSION if all(sm.is_plain for _, sm, _, _ in layouts) else FORMAT_VERSION
     payload = bytearray(stream)
     free = _free_floats(model, spec)
     float_entries = []
@@ -301,11 +328,39 @@ def export_ticket(
         "torch_version": torch.__version__,
     }
     hbytes = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8"), 9)
-    body = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, len(hbytes)) + hbytes + bytes(payload)
+    body = _PREFIX.pack(MAGIC, version, 0, len(hbytes)) + hbytes + bytes(payload)
     blob = body + hashlib.sha256(body).digest()
     if path is not None:
         atomic_write_bytes(path, blob)
     return blob
+
+
+def _variant_sequences(name: str, sm: Supermask, spec: ModelSpec) -> list[torch.Tensor]:
+    """The boolean streams that code a variant layer: coat i over the unfrozen weights coat i-1 keeps. Refuses a
+    supermask whose coats or frozen parts are not what its spec regenerates: the decoder could not rebuild it."""
+    cfg = spec.mask
+    frozen = cfg is not None and (cfg.frozen_pruned > 0 or cfg.frozen_kept > 0)
+    if cfg is None or cfg.is_plain or sm.coats != cfg.coats or frozen != (sm.unfrozen is not None):
+        raise ArtifactError(f"mask {name!r} ({sm.coats} coats, {'' if sm.unfrozen is not None else 'not '}frozen) "
+                            "disagrees with the spec's mask settings; export the model with the spec it was built from")
+    count = sm.coat_count().reshape(-1)
+    pos = torch.arange(count.numel())
+    if frozen:
+        assert cfg is not None and sm.frozen_pruned is not None and sm.frozen_kept is not None
+        pruned, kept = frozen_pattern(cfg.frozen_seed, canonical_name(name), tuple(sm.scores.shape),
+                                      cfg.frozen_pruned, cfg.frozen_kept, cfg.keep)
+        if not (torch.equal(pruned, sm.frozen_pruned) and torch.equal(kept, sm.frozen_kept)):
+            raise ArtifactError(f"mask {name!r}: its frozen parts are not the ones its spec draws; the supermask was "
+                                "altered after it was built and cannot be stored exactly")
+        if bool((count[kept.reshape(-1)] != sm.coats).any()) or bool((count[pruned.reshape(-1)] != 0).any()):
+            raise ArtifactError(f"mask {name!r}: its frozen weights are not kept/pruned as its frozen pattern says")
+        pos = (~(pruned | kept)).reshape(-1).nonzero().squeeze(1)
+    out = []
+    for i in range(1, sm.coats + 1):
+        inside = count[pos] >= i
+        out.append(inside)
+        pos = pos[inside]
+    return out
 
 
 # -- decode -------------------------------------------------------------------------------------------------
@@ -388,24 +443,47 @@ def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
         "missing masks/floats/probe tables",
     )
     sizes = {"header": _PREFIX.size + hlen, "masks": 0, "floats": 0, "checksum": _DIGEST_LEN}
-    entries = []
+    variant = spec.mask is not None and not spec.mask.is_plain
+    entries = []  # name, shape, [(n, ones) per coded stream]
     for i, e in enumerate(masks_h):
         _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"mask entry {i} has no name")
         where = f"mask {e['name']!r}"
         shape = _shape(e, where)
         n = math.prod(shape)
-        ones = e.get("ones")
-        _need(
-            isinstance(ones, int) and not isinstance(ones, bool) and 0 <= ones <= n,
-            f"{where} has a bad count",
-        )
-        entries.append((e["name"], shape, n, ones))
+        _need(("streams" in e) == variant, f"{where} is coded {'plain' if variant else 'as coats'}, "
+              "which its spec's mask settings contradict")
+        if not variant:
+            ones = e.get("ones")
+            _need(_count_ok(ones, n), f"{where} has a bad count")
+            entries.append((e["name"], shape, [(n, ones)]))
+            continue
+        _need(version >= 2, f"{where} uses mask variants, which format version {version} cannot hold")
+        streams = e.get("streams")
+        _need(isinstance(streams, list) and e.get("coats") == spec.mask.coats == len(streams)  # type: ignore[union-attr]
+              and e.get("frozen") == (spec.mask.frozen_pruned > 0 or spec.mask.frozen_kept > 0),  # type: ignore[union-attr]
+              f"{where} disagrees with its spec's coats or frozen settings")
+        pairs = []
+        for j, pair in enumerate(streams):
+            ok = isinstance(pair, list) and len(pair) == 2 and _count_ok(pair[0], n) and _count_ok(pair[1], pair[0])
+            _need(ok and (j == 0 or pair[0] == pairs[-1][1]), f"{where} has a bad count in coat {j + 1}")
+            pairs.append((pair[0], pair[1]))
+        entries.append((e["name"], shape, pairs))
     stream_h = header.get("mask_stream")
     _need(isinstance(stream_h, dict), "no mask stream record")
     _need(stream_h.get("coder") == MASK_CODER, f"the masks use an unknown coder {stream_h.get('coder')!r}")
     data = _slice(payload, stream_h, "the mask stream")
-    decoded = decode_masks(data, [(n, ones) for _, _, n, ones in entries])
-    masks = {name: m.reshape(shape) for (name, shape, _, _), m in zip(entries, decoded, strict=True)}
+    decoded = iter(decode_masks(data, [pair for _, _, pairs in entries for pair in pairs]))
+    masks: dict[str, torch.Tensor] = {}
+    coats: dict[str, torch.Tensor] = {}
+    for name, shape, pairs in entries:
+        seqs = [next(decoded) for _ in pairs]
+        if not variant:
+            masks[name] = seqs[0].reshape(shape)
+            continue
+        count = _coat_count_from_streams(spec, name, shape, seqs, source)
+        masks[name] = count.bool()
+        if spec.mask.coats > 1:  # type: ignore[union-attr]
+            coats[name] = count
     sizes["masks"] = len(data)
     floats: dict[str, torch.Tensor] = {}
     for i, e in enumerate(floats_h):
@@ -426,7 +504,33 @@ def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
     ok = isinstance(probe.get("sha256"), str) and isinstance(probe.get("seed"), int)
     _need(ok and isinstance(probe.get("sample", ""), str), "the probe record is bad")
     sizes["total"] = len(blob)
-    return TicketParts(spec, masks, floats, probe, header, sizes)
+    return TicketParts(spec, masks, floats, probe, header, sizes, coats, version)
+
+
+def _count_ok(v: Any, n: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= n
+
+
+def _coat_count_from_streams(spec: ModelSpec, name: str, shape: tuple[int, ...], seqs: list[torch.Tensor],
+                             source: str) -> torch.Tensor:
+    """Inverse of _variant_sequences: the per-weight coat count (uint8), frozen parts regenerated from the spec."""
+    cfg = spec.mask
+    assert cfg is not None
+    n = math.prod(shape)
+    count = torch.zeros(n, dtype=torch.uint8)
+    pos = torch.arange(n)
+    if cfg.frozen_pruned > 0 or cfg.frozen_kept > 0:
+        pruned, kept = frozen_pattern(cfg.frozen_seed, canonical_name(name), shape, cfg.frozen_pruned,
+                                      cfg.frozen_kept, cfg.keep)
+        count[kept.reshape(-1)] = cfg.coats
+        pos = (~(pruned | kept)).reshape(-1).nonzero().squeeze(1)
+    if seqs[0].numel() != pos.numel():
+        raise ArtifactError(f"{source}: mask {name!r} codes {seqs[0].numel()} weights but its regenerated frozen "
+                            f"pattern leaves {pos.numel()} unfrozen; the file is corrupted or from another sltlab")
+    for i, seq in enumerate(seqs, start=1):
+        pos = pos[seq]
+        count[pos] = i
+    return count.reshape(shape)
 
 
 def read_ticket(path: str | Path) -> TicketParts:
@@ -442,7 +546,8 @@ def read_ticket(path: str | Path) -> TicketParts:
 # -- rebuild ------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def fix_mask(sm: Supermask, mask: torch.Tensor) -> None:
-    """Overwrite a supermask's scores so that hard_mask() equals `mask` exactly (see the module docstring)."""
+    """Overwrite a supermask's scores so that hard_mask() equals `mask` exactly (see the module docstring).
+    `mask`: boolean, or for a multicoated supermask the coat count per weight."""
     if tuple(mask.shape) != tuple(sm.scores.shape):
         raise ArtifactError(
             f"a stored mask has shape {list(mask.shape)}, the model wants {list(sm.scores.shape)}"
@@ -473,12 +578,16 @@ def build_from_parts(parts: TicketParts, source: str = "ticket") -> nn.Module:
                 f"{list(state[name].shape)} {state[name].dtype}"
             )
     for name, sm in sms.items():
-        fix_mask(sm, parts.masks[name])
+        fix_mask(sm, parts.coats.get(name, parts.masks[name]))
     with torch.no_grad():
         for name, t in parts.floats.items():
             state[name].copy_(t)
     for name, sm in sms.items():
-        if not torch.equal(sm.hard_mask().bool(), parts.masks[name]):
+        if name in parts.coats:
+            same = torch.equal(sm.coat_count(), parts.coats[name])
+        else:
+            same = torch.equal(sm.hard_mask().bool(), parts.masks[name])
+        if not same:
             raise ArtifactError(
                 f"{source}: mask {name!r} could not be reproduced (its keep/threshold setting disagrees "
                 "with the stored mask)"

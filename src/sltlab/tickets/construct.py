@@ -313,6 +313,11 @@ def set_fixed_mask(sm: Supermask, mask: torch.Tensor) -> None:
     mask = mask.to(torch.bool)
     if sm.global_threshold is not None:
         raise ConfigError("mask.scope", "a constructed mask needs per-layer thresholds", "layer")
+    if not sm.is_plain:
+        # a constructed mask is binary and free everywhere; coats or frozen parts would silently change it
+        raise ConfigError("mask.coats" if sm.coats > 1 else "mask.frozen_pruned",
+                          "a constructed mask cannot be fixed on a multicoated or partially frozen supermask",
+                          "coats = 1 and frozen_pruned = frozen_kept = 0")
     if mask.shape != sm.scores.shape:
         raise ConfigError(
             "construct.mask", f"mask shape {tuple(mask.shape)} != weight {tuple(sm.scores.shape)}"

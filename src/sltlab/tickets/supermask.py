@@ -15,15 +15,42 @@ Methods
   of sigmoid(scores / T). The temperature T therefore matters: a high T samples near-random masks (exploration), and
   as T is annealed toward 0 the samples concentrate on the deterministic mask 1[scores > 0], which is what
   evaluation (model.eval()) and `bake` use. (A deterministic `sigmoid(s/T) > 0.5` would be the same mask at every T.)
+
+Variants of edge-popup (options of the same config; at their defaults the mask is plain edge-popup, bit for bit)
+- multicoated (Okoshi et al. 2022, "Multicoated Supermasks Enhance Hidden Networks"): `coats = K` nested masks
+  over the same scores. Coat i keeps the top `coat_keeps[i]` fraction (keep = coat_keeps[0] > ... > coat_keeps[K-1];
+  by default evenly spaced, keep * (K - i) / K), so a weight's coat count c in 0..K is the number of thresholds its
+  score passes, and W_eff = W * c / K * s. The paper's released code multiplies by the raw count c and a fixed
+  layer scale; dividing by K is the same up to a per-layer constant (which `scale = "layer"` learns) and keeps a
+  weight in every coat at its full value. Gradient: every coat passes its gradient straight through, so
+  dL/ds = dL/dW_eff * W * K / K = dL/dW_eff * W, exactly edge-popup's. The K thresholds are linear-time
+  selections (np.partition, each inner coat's on the outer coat's top part), cached like edge-popup's threshold.
+- partially frozen source (Okoshi et al. 2024, "Partially frozen random networks contain compact strong lottery
+  tickets"): before the search, a seeded random `frozen_pruned` fraction of each layer's weights is fixed as
+  pruned and a disjoint `frozen_kept` fraction as kept; the search only chooses among the rest. `keep` stays the
+  overall kept fraction of the layer, frozen-kept weights included: with n weights, k = round(keep * n) are kept,
+  n_fk = round(frozen_kept * n) of them frozen, so with n_fp = round(frozen_pruned * n) the search keeps k - n_fk
+  of the n - n_fp - n_fk free weights (a searched density of (keep - frozen_kept) / (1 - frozen_pruned -
+  frozen_kept)); with scope "global" the same counts hold over all masked layers together. Hence frozen_kept <= keep
+  and frozen_pruned <= 1 - keep (ConfigError otherwise). The pattern is a pure function of (frozen_seed, layer
+  name, shape): never stored, bit-identical in every process (`frozen_pattern`). Ranking treats frozen-kept scores
+  as +inf and frozen-pruned ones as -inf, so the same top-k selection applies, and frozen scores get no gradient
+  (they cannot matter).
+Both need method edge-popup; they combine (frozen-kept weights are then in every coat, so frozen_kept must not
+exceed the innermost coat's keep). `get_masks` / `mask_density` see where any coat keeps a weight; `get_coat_counts`
+gives the counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -38,7 +65,14 @@ P = TypeVar("P", bound=nn.Module)
 
 @dataclass(frozen=True)
 class SupermaskConfig:
-    """What to mask and how. `keep` is the kept fraction of weights (density), never a prune rate."""
+    """What to mask and how. `keep` is the kept fraction of weights (density), never a prune rate.
+
+    Variants of edge-popup (see the module docstring), all off by default:
+    coats: number of nested coats (1 = plain edge-popup); coat_keeps: their kept fractions, outermost (= keep)
+    first, () = evenly spaced below keep. frozen_pruned / frozen_kept: fractions of every masked layer fixed as
+    pruned / kept before the search (keep counts the frozen-kept ones); frozen_seed: draws that pattern, apart from
+    the score seed so that several score seeds can search one partially frozen source.
+    """
 
     method: Method = "edge-popup"
     keep: float = 0.5
@@ -50,6 +84,31 @@ class SupermaskConfig:
     free: tuple[str, ...] = ()
     seed: int = 0
     temperature: float = 1.0
+    coats: int = 1
+    coat_keeps: tuple[float, ...] = ()
+    frozen_pruned: float = 0.0
+    frozen_kept: float = 0.0
+    frozen_seed: int = 0
+
+    def resolved_coat_keeps(self) -> tuple[float, ...]:
+        """The kept fraction of every coat, outermost (= keep) first."""
+        if self.coat_keeps:
+            return tuple(float(k) for k in self.coat_keeps)
+        return tuple(self.keep * (self.coats - i) / self.coats for i in range(self.coats))
+
+    @property
+    def is_plain(self) -> bool:
+        """True when no variant option is on: the mask is plain edge-popup or annealed."""
+        return self.coats == 1 and self.frozen_pruned == 0 and self.frozen_kept == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, without the variant options that sit at their defaults, so that configs written
+        before the variants existed keep their hashes (run ids) and their stored spec JSON, byte for byte."""
+        out = dataclasses.asdict(self)
+        for name, default in VARIANT_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     def validate(self) -> None:
         if self.method not in ("edge-popup", "annealed"):
@@ -62,26 +121,77 @@ class SupermaskConfig:
             raise ConfigError("mask.scale", f"unknown scale {self.scale!r}", "none | layer | head")
         if self.temperature <= 0:
             raise ConfigError("mask.temperature", f"{self.temperature} must be positive", "a number > 0")
+        self._validate_variants()
+
+    def _validate_variants(self) -> None:
+        if isinstance(self.coats, bool) or not isinstance(self.coats, int) or self.coats < 1:
+            raise ConfigError("mask.coats", f"{self.coats!r} coats", "an integer >= 1 (1 = plain edge-popup)")
+        if self.coats > 1 and self.method != "edge-popup":
+            raise ConfigError("mask.coats", f"multicoated masks threshold scores; method {self.method!r} samples them",
+                              "method = 'edge-popup' with coats > 1, or coats = 1")
+        if self.coat_keeps:
+            ck = self.coat_keeps
+            if len(ck) != self.coats:
+                raise ConfigError("mask.coat_keeps", f"has {len(ck)} fractions for {self.coats} coats",
+                                  "one kept fraction per coat, outermost first, or [] for evenly spaced below keep")
+            if abs(ck[0] - self.keep) > 1e-12:
+                raise ConfigError("mask.coat_keeps", f"the outermost coat keeps {ck[0]} but keep is {self.keep}",
+                                  "coat_keeps[0] == keep (keep is the fraction any coat keeps)")
+            if any(not (0 < b < a) for a, b in zip(ck, ck[1:], strict=False)):
+                raise ConfigError("mask.coat_keeps", f"{list(ck)} is not strictly decreasing and positive",
+                                  "nested coats, e.g. [0.5, 0.3, 0.1]")
+        for name in ("frozen_pruned", "frozen_kept"):
+            v = getattr(self, name)
+            if not (0.0 <= v < 1.0):
+                raise ConfigError(f"mask.{name}", f"fraction {v} is outside [0, 1)", "a number in [0, 1)")
+            if v > 0 and self.method != "edge-popup":
+                raise ConfigError(f"mask.{name}", f"a partially frozen source needs top-k masks, not {self.method!r}",
+                                  f"method = 'edge-popup', or {name} = 0")
+        innermost = self.resolved_coat_keeps()[-1]
+        if self.frozen_kept > innermost + 1e-12:
+            what = "keep" if self.coats == 1 else f"the innermost coat's keep ({innermost:g})"
+            raise ConfigError("mask.frozen_kept",
+                              f"{self.frozen_kept} of the weights frozen as kept is more than {what}",
+                              f"frozen_kept <= {innermost:g}: keep counts the frozen-kept weights too")
+        if self.frozen_pruned > 1 - self.keep + 1e-12:
+            raise ConfigError("mask.frozen_pruned",
+                              f"{self.frozen_pruned} frozen as pruned leaves less than keep={self.keep} to keep",
+                              f"frozen_pruned <= 1 - keep = {1 - self.keep:g}")
+        if not (0 <= self.frozen_seed < 2**63):
+            raise ConfigError("mask.frozen_seed", f"{self.frozen_seed} is out of range", "an integer in [0, 2^63)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "free", tuple(self.free))
+        object.__setattr__(self, "coat_keeps", tuple(self.coat_keeps))
         self.validate()
 
 
+# The variant options and their "off" values: SupermaskConfig.to_dict leaves them out when they sit here.
+VARIANT_DEFAULTS: dict[str, Any] = {"coats": 1, "coat_keeps": (), "frozen_pruned": 0.0, "frozen_kept": 0.0,
+                                    "frozen_seed": 0}
+
+
 class _MaskedWeight(torch.autograd.Function):
-    """W * M with the straight-through gradient dL/ds = dL/d(W*M) * W, fused (edge-popup)."""
+    """W * M with the straight-through gradient dL/ds = dL/d(W*M) * W, fused (edge-popup).
+
+    `unfrozen` (optional, float 0/1): where the scores can matter at all; the gradient of frozen scores is zeroed so an
+    optimiser never moves them."""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(w)
+    def forward(ctx, w: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,  # type: ignore[override]
+                unfrozen: torch.Tensor | None = None) -> torch.Tensor:
+        ctx.save_for_backward(w, unfrozen)
         return w * mask
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (w,) = ctx.saved_tensors
-        return None, grad * w, None
+        w, unfrozen = ctx.saved_tensors
+        g = grad * w
+        if unfrozen is not None:
+            g.mul_(unfrozen)
+        return None, g, None, None
 
 
 class _SampledWeight(torch.autograd.Function):
@@ -111,20 +221,80 @@ def _kth_largest_threshold(scores: torch.Tensor, keep: float) -> torch.Tensor:
     n = flat.numel()
     k = max(1, min(n, round(keep * n)))
     if flat.device.type == "cpu":
-        import numpy as np
-
         return torch.tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=flat.dtype)
     return flat.kthvalue(n - k + 1).values
 
 
-class GlobalThreshold:
-    """One threshold over the scores of many layers, recomputed only when some score tensor changed."""
+def _keep_count(keep: float, n: int) -> int:
+    """How many of n weights a kept fraction keeps: edge-popup's rule (at least one)."""
+    return max(1, min(n, round(keep * n)))
 
-    def __init__(self, keep: float):
+
+def _kth_largest_values(flat: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
+    """The k-th largest value of `flat` for every k in ks (1 <= k <= n): single-pivot selections, never a sort.
+
+    Largest k first, each on the top part the previous one left (the next coat's threshold lies in it), so K coats
+    cost about n + k_1 + k_2 + ... element visits. (np.partition with K pivots at once was 10x slower at K=3.)"""
+    flat = flat.detach().reshape(-1)
+    out: list[torch.Tensor | None] = [None] * len(ks)
+    if flat.device.type == "cpu":
+        top = flat.numpy()
+        for i in sorted(range(len(ks)), key=lambda j: -ks[j]):
+            top = np.partition(top, top.size - ks[i])[top.size - ks[i]:]
+            out[i] = torch.tensor(top[0], dtype=flat.dtype)
+        return torch.stack(out)  # type: ignore[arg-type]
+    n = flat.numel()
+    return torch.stack([flat.kthvalue(n - k + 1).values for k in ks])
+
+
+def _coat_counts(n: int, keeps: Sequence[float], n_frozen_kept: int, n_frozen_pruned: int) -> list[int]:
+    """Weights each coat keeps among n: the keep rule, never fewer than the frozen-kept weights (they are in every
+    coat) nor more than the weights not frozen as pruned."""
+    return [min(max(_keep_count(k, n), n_frozen_kept), n - n_frozen_pruned) for k in keeps]
+
+
+def frozen_pattern(seed: int, name: str, shape: tuple[int, ...], frozen_pruned: float, frozen_kept: float,
+                   keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pruned, kept): the boolean frozen parts of the weight `name` of this shape, a pure function of the
+    arguments. Exactly round(frozen_pruned * n) and round(frozen_kept * n) weights (clamped so that the layer's
+    k = round(keep * n) kept weights fit: n_fk <= k, n_fp <= n - k), drawn from their own seeded stream: the
+    ranks of a seeded uniform draw (a stable sort, once per build, so counts are exact even with tied draws)."""
+    shape = tuple(int(d) for d in shape)
+    n = math.prod(shape)
+    k = _keep_count(keep, n)
+    n_fk = min(round(frozen_kept * n), k)
+    n_fp = min(round(frozen_pruned * n), n - k)
+    order = seeded_uniform(seed, name, shape, "frozen", 0.0, 1.0).reshape(-1).argsort(stable=True)
+    pruned = torch.zeros(n, dtype=torch.bool)
+    kept = torch.zeros(n, dtype=torch.bool)
+    pruned[order[:n_fp]] = True
+    kept[order[n - n_fk:]] = True
+    return pruned.reshape(shape), kept.reshape(shape)
+
+
+class GlobalThreshold:
+    """One threshold (one per coat) over the scores of many layers, recomputed only when some score changed."""
+
+    def __init__(self, keep: float, coat_keeps: tuple[float, ...] = ()):
         self.keep = keep
+        self.coat_keeps = coat_keeps or (keep,)
         self.members: list[Supermask] = []
         self._key: tuple[int, ...] | None = None
         self._value: torch.Tensor | None = None
+        self._values_key: tuple[int, ...] | None = None
+        self._values: torch.Tensor | None = None
+
+    def values(self) -> torch.Tensor:
+        """The coats' thresholds over every member's ranked scores (frozen ones at +-inf)."""
+        key = tuple(m.scores._version for m in self.members)
+        if key != self._values_key or self._values is None:
+            with torch.no_grad():
+                flat = torch.cat([m.ranked_scores().reshape(-1) for m in self.members])
+                fk = sum(m.n_frozen_kept for m in self.members)
+                fp = sum(m.n_frozen_pruned for m in self.members)
+                self._values = _kth_largest_values(flat, _coat_counts(flat.numel(), self.coat_keeps, fk, fp))
+            self._values_key = key
+        return self._values
 
     def value(self) -> torch.Tensor:
         key = tuple(m.scores._version for m in self.members)
@@ -149,11 +319,34 @@ class Supermask(nn.Module):
         heads: tuple[int, int] | None = None,
         temperature: float = 1.0,
         sample_seed: int = 0,
+        coat_keeps: tuple[float, ...] = (),
+        frozen: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
+        """coat_keeps: the coats' kept fractions, outermost (= keep) first; () = one coat. frozen: the (pruned,
+        kept) boolean parts fixed before the search, see `frozen_pattern`."""
         super().__init__()
         self.method = method
         self.keep = keep
+        self.coat_keeps = tuple(coat_keeps) or (keep,)
+        self.coats = len(self.coat_keeps)
         self.scores = nn.Parameter(scores)
+        # Not persistent: the pattern regenerates from the seed, so state dicts, checkpoints and tickets never hold it.
+        # One additive offset (0 free, +inf kept, -inf pruned) ranks the scores in a single pass per step.
+        self.n_frozen_pruned = self.n_frozen_kept = 0
+        self.frozen_offset: torch.Tensor | None
+        self.unfrozen: torch.Tensor | None
+        if frozen is None:
+            self.register_buffer("frozen_offset", None, persistent=False)
+            self.register_buffer("unfrozen", None, persistent=False)
+        else:
+            pruned, kept = (t.to(torch.bool).reshape(shape) for t in frozen)
+            if bool((pruned & kept).any()):
+                raise ConfigError("mask.frozen_kept", "a weight is frozen both as kept and as pruned",
+                                  "disjoint frozen parts (see frozen_pattern)")
+            offset = torch.zeros(shape, dtype=scores.dtype).masked_fill_(pruned, -math.inf)
+            self.register_buffer("frozen_offset", offset.masked_fill_(kept, math.inf), persistent=False)
+            self.register_buffer("unfrozen", (~(pruned | kept)).to(scores.dtype), persistent=False)
+            self.n_frozen_pruned, self.n_frozen_kept = int(pruned.sum()), int(kept.sum())
         self.temperature = temperature
         self.global_threshold: GlobalThreshold | None = None
         self.heads = heads
@@ -170,19 +363,66 @@ class Supermask(nn.Module):
         self._cache: torch.Tensor | None = None
 
     # -- the binary mask ------------------------------------------------------------------------------
+    @property
+    def is_plain(self) -> bool:
+        """One coat and nothing frozen: the original edge-popup / annealed code path."""
+        return self.coats == 1 and self.unfrozen is None
+
     def threshold(self) -> torch.Tensor:
         if self.global_threshold is not None:
             return self.global_threshold.value()
         return _kth_largest_threshold(self.scores, self.keep)
 
+    @property
+    def frozen_pruned(self) -> torch.Tensor | None:
+        """Where the weights are frozen as pruned (bool), or None when nothing is frozen."""
+        return None if self.frozen_offset is None else self.frozen_offset == -math.inf
+
+    @property
+    def frozen_kept(self) -> torch.Tensor | None:
+        """Where the weights are frozen as kept (bool), or None when nothing is frozen."""
+        return None if self.frozen_offset is None else self.frozen_offset == math.inf
+
+    def ranked_scores(self) -> torch.Tensor:
+        """The scores as the top-k sees them: frozen-kept at +inf, frozen-pruned at -inf (detached)."""
+        s = self.scores.detach()
+        return s if self.frozen_offset is None else s + self.frozen_offset
+
+    def _coat_sum(self, dtype: torch.dtype) -> torch.Tensor:
+        ranked = self.ranked_scores()
+        t = self.thresholds()
+        count = (ranked >= t[0]).to(dtype)
+        for i in range(1, self.coats):
+            count.add_(ranked >= t[i])
+        return count
+
+    def thresholds(self) -> torch.Tensor:
+        """One threshold per coat, outermost (lowest) first."""
+        if self.global_threshold is not None:
+            return self.global_threshold.values()
+        ks = _coat_counts(self.scores.numel(), self.coat_keeps, self.n_frozen_kept, self.n_frozen_pruned)
+        return _kth_largest_values(self.ranked_scores(), ks)
+
+    def coat_count(self) -> torch.Tensor:
+        """Per weight, how many coats keep it (uint8, 0..coats); 0/1 for a single-coat mask."""
+        if self.is_plain:
+            return self.hard_mask().to(torch.uint8)
+        with torch.no_grad():
+            return self._coat_sum(torch.uint8)
+
     def hard_mask(self) -> torch.Tensor:
-        """The deterministic binary mask (float 0/1): what evaluation, bake and export use."""
+        """The deterministic mask: what evaluation, bake and export use. Float 0/1, or for a multicoated mask
+        the coat count / coats in {0, 1/K, ..., 1}; nonzero exactly where the outermost coat keeps a weight."""
         key = (self.scores._version, self.global_threshold is None)
         if self._cache_key == key and self._cache is not None and self.global_threshold is None:
             return self._cache
         with torch.no_grad():
-            if self.method == "edge-popup":
+            if self.method == "edge-popup" and self.is_plain:
                 m = (self.scores.detach() >= self.threshold()).to(self.scores.dtype)
+            elif self.method == "edge-popup":
+                m = self._coat_sum(self.scores.dtype)
+                if self.coats > 1:
+                    m.div_(self.coats)
             else:
                 m = (self.scores > 0).to(self.scores.dtype)
         self._cache_key, self._cache = key, m
@@ -191,7 +431,7 @@ class Supermask(nn.Module):
     def mask_for_forward(self) -> torch.Tensor:
         """The mask as the forward sees it, with its straight-through gradient (for inspection and tests)."""
         if self.method == "edge-popup":
-            return _MaskedWeight.apply(torch.ones_like(self.scores), self.scores, self.hard_mask())
+            return _MaskedWeight.apply(torch.ones_like(self.scores), self.scores, self.hard_mask(), self.unfrozen)
         if not self.training:
             return self.hard_mask()
         p = torch.sigmoid(self.scores / self.temperature)
@@ -201,7 +441,7 @@ class Supermask(nn.Module):
 
     def masked(self, w: torch.Tensor) -> torch.Tensor:
         if self.method == "edge-popup":
-            return _MaskedWeight.apply(w, self.scores, self.hard_mask())
+            return _MaskedWeight.apply(w, self.scores, self.hard_mask(), self.unfrozen)
         if not self.training:
             return w * self.hard_mask()
         with torch.no_grad():
@@ -227,7 +467,8 @@ class Supermask(nn.Module):
         return self._apply_scale(self.masked(w))
 
     def density(self) -> float:
-        return float(self.hard_mask().mean())
+        """Fraction of weights kept by any coat."""
+        return float((self.hard_mask() != 0).float().mean())
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
@@ -262,13 +503,20 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> nn.Module:
     if not chosen:
         raise ConfigError("mask.targets", f"no Linear or Embedding layer matches {list(cfg.targets)}",
                           "fnmatch patterns over module names, e.g. '*attn*' or 'stack.blocks.*'")
-    shared = GlobalThreshold(cfg.keep) if cfg.scope == "global" and cfg.method == "edge-popup" else None
+    coat_keeps = cfg.resolved_coat_keeps() if cfg.coats > 1 else ()
+    shared = (GlobalThreshold(cfg.keep, coat_keeps) if cfg.scope == "global" and cfg.method == "edge-popup"
+              else None)
     for i, (name, module) in enumerate(chosen):
         w = module.weight
         heads = getattr(module, "_sltlab_heads", None)
         scores = _init_scores(cfg, canonical_name(name), tuple(w.shape))
+        frozen = None
+        if cfg.frozen_pruned > 0 or cfg.frozen_kept > 0:
+            frozen = frozen_pattern(cfg.frozen_seed, canonical_name(name), tuple(w.shape), cfg.frozen_pruned,
+                                    cfg.frozen_kept, cfg.keep)
         sm = Supermask(w.shape, cfg.method, cfg.keep, scores, cfg.scale if cfg.scale != "head" or heads else "layer",
-                       heads, cfg.temperature, sample_seed=cfg.seed * 1_000_003 + i)
+                       heads, cfg.temperature, sample_seed=cfg.seed * 1_000_003 + i, coat_keeps=coat_keeps,
+                       frozen=frozen)
         if shared is not None:
             sm.global_threshold = shared
             shared.members.append(sm)
@@ -302,8 +550,13 @@ def supermasks(model: nn.Module) -> dict[str, Supermask]:
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Module name -> boolean mask (the deterministic one)."""
+    """Module name -> boolean mask (the deterministic one; for a multicoated mask, where any coat keeps)."""
     return {name: sm.hard_mask().bool() for name, sm in supermasks(model).items()}
+
+
+def get_coat_counts(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Module name -> how many coats keep each weight (uint8; 0/1 for single-coat masks)."""
+    return {name: sm.coat_count() for name, sm in supermasks(model).items()}
 
 
 def set_temperature(model: nn.Module, temperature: float) -> None:
