@@ -149,6 +149,68 @@ def test_imp_rounds_follow_schedule_and_ticket_reloads(tmp_path, glue_dir, sst_d
         assert evaluate(model, sst_data)["accuracy"] == pytest.approx(m["accuracy"])
 
 
+def test_imp_saves_every_round_mask(tmp_path, glue_dir, sst_data):
+    from sltlab.analysis.masks import imp_round_overlap, overall_density
+    from sltlab.tickets.checkpoint import ROUND_MASKS_FILE, load_round_masks
+    from sltlab.tickets.imp import prune_masks
+
+    p = 0.5
+    cfg = GlueRunConfig(
+        task="sst2", method="imp", norm="none", steps=10, **{**TINY, "imp_rounds": 3, "imp_fraction": p}
+    )
+    with Store(tmp_path / "s.db") as store:
+        rid, _ = run_cell(cfg, store, glue_dir, data=sst_data)
+        art = store.artifact_dir(rid)
+        rounds = load_round_masks(art / ROUND_MASKS_FILE)
+        final = {k[len("mask::") :]: v.bool() for k, v in checkpoint_extras(art / "ticket.safetensors").items()}
+        m = store.get(rid).metrics
+    assert rid == make_run_id("glue", cfg.resolved().to_dict(), cfg.seed)  # the run id is still the config's hash
+    assert len(rounds) == 4 and all(set(r) == set(final) for r in rounds)
+    # the last round is the ticket in the checkpoint, bit for bit
+    assert all(torch.equal(rounds[-1][k], final[k]) and rounds[-1][k].dtype == torch.bool for k in final)
+    # every prunable weight (each Linear / Embedding of the model) has a mask
+    with torch.no_grad():
+        from sltlab.nn.spec import build_model
+        from sltlab.tasks.glue_run import model_spec
+        from sltlab.tickets.imp import attach_prune_masks
+
+        fresh = build_model(model_spec(cfg, sst_data.encoder.vocab_size, 2))
+        attach_prune_masks(fresh, cfg.imp_config())
+    assert set(prune_masks(fresh)) == set(final)
+    for r, masks in enumerate(rounds):
+        for name, mask in masks.items():  # each layer keeps round(n (1-p)^r) of its weights (layer scope)
+            assert int(mask.sum()) == max(1, round(mask.numel() * (1 - p) ** r)), (r, name)
+        assert overall_density(masks) == pytest.approx((1 - p) ** r, abs=2e-3)
+        assert overall_density(masks) == pytest.approx(1 - m["rounds"][r]["sparsity"], abs=1e-12)
+        if r:
+            assert all((masks[k] & ~rounds[r - 1][k]).sum() == 0 for k in masks)  # pruned weights stay pruned
+    for row in imp_round_overlap(rounds):
+        # nested masks: the overlap with the previous round is the share of it that survives
+        assert row["jaccard_prev"] == row["retention"] == pytest.approx(1 - p, abs=2e-3)
+        assert row["jaccard_final"] == pytest.approx((1 - p) ** (3 - row["round"]), abs=4e-3)
+
+
+def test_round_mask_file_errors(tmp_path):
+    from sltlab.errors import ArtifactError
+    from sltlab.tickets.checkpoint import load_round_masks, save_round_masks
+
+    rounds = [{"a": torch.ones(3, 5, dtype=torch.bool)}, {"a": torch.eye(3, 5, dtype=torch.bool)}]
+    path = save_round_masks(tmp_path / "r.safetensors", rounds)
+    assert [torch.equal(x["a"], y["a"]) for x, y in zip(rounds, load_round_masks(path), strict=True)] == [True, True]
+    with pytest.raises(ArtifactError, match="do not exist"):
+        load_round_masks(tmp_path / "absent.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # flip the last mask bits
+    (tmp_path / "bad.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        load_round_masks(tmp_path / "bad.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ArtifactError, match="not a readable"):
+        load_round_masks(tmp_path / "junk.safetensors")
+    with pytest.raises(ArtifactError, match="no IMP round masks"):
+        save_round_masks(tmp_path / "empty.safetensors", [])
+
+
 def test_stsb_regression_cell(tmp_path, glue_dir):
     cfg = GlueRunConfig(task="stsb", method="dense", norm="pre-ln", steps=120, **TINY)
     with Store(tmp_path / "s.db") as store:

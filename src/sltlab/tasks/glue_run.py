@@ -16,7 +16,9 @@ Every cell is one store run of kind "glue" whose config is `GlueRunConfig` as a 
 resolved, so the run id is a hash of what actually ran) and whose metrics hold `main_metric`, `main`, each
 official metric, `params_total`, `params_trainable`, `density` and, for imp, `rounds`. Masked methods save
 their ticket with `save_checkpoint(artifact_dir / "ticket.safetensors", ...)`; dense and imp save the whole
-(baked) model there too; the trained tokenizer goes beside it as tokenizer.json.
+(baked) model there too; the trained tokenizer goes beside it as tokenizer.json. imp also saves the mask of every
+round (0 = dense .. imp_rounds) as `ROUND_MASKS_FILE` (`sltlab.tickets.checkpoint.save_round_masks`), which
+`sltlab report` and `sltlab analyze` compare across rounds.
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ from sltlab.runs.store import Store, make_run_id
 from sltlab.tasks.glue import TASKS, GlueSplit, TaskInfo, get_task, load_split
 from sltlab.tasks.metrics import compute_metrics, main_metric
 from sltlab.tasks.tokenize import TextEncoder, TokenizerSpec, make_encoder
-from sltlab.tickets.checkpoint import save_checkpoint
+from sltlab.tickets.checkpoint import ROUND_MASKS_FILE, save_checkpoint, save_round_masks
 from sltlab.tickets.imp import (
     ImpConfig,
     attach_prune_masks,
     bake_prune_masks,
+    prune_masks,
     prune_round,
     rewind,
     rewind_callback,
@@ -416,6 +419,7 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
     attach_prune_masks(model, imp)
     saved: dict[str, dict[str, torch.Tensor]] = {"state": snapshot(model)}
     rounds = []
+    round_masks: list[dict[str, torch.Tensor]] = []
     metrics: dict[str, Any] = {}
     for r in range(imp.rounds + 1):
         if r > 0:
@@ -432,6 +436,7 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
             desc=f"{desc} r{r}",
         )
         metrics = evaluate(model, data)
+        round_masks.append({name: pm.mask.clone() for name, pm in prune_masks(model).items()})
         rounds.append(
             {
                 "round": r,
@@ -444,6 +449,7 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
     metrics["rounds"] = rounds
     metrics["final_loss"] = rounds[-1]["final_loss"]
     extras["masks"] = bake_prune_masks(model)
+    extras["round_masks"] = round_masks
     return model, spec, {**metrics, "params_total": total, "params_trainable": trainable}, extras
 
 
@@ -472,6 +478,8 @@ def run_cell(
         extra = {f"mask::{k}": v.to(torch.uint8) for k, v in extras.get("masks", {}).items()}
         art = store.artifact_dir(run_id)
         save_checkpoint(art / "ticket.safetensors", model, spec, which=which, extra=extra)
+        if extras.get("round_masks"):
+            save_round_masks(art / ROUND_MASKS_FILE, extras["round_masks"])
         data.encoder.save(art / "tokenizer.json")  # the analysis re-encodes dev text with the run's own vocab
         metrics.update(
             main_metric=main_metric(cfg.task),

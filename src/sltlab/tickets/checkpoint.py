@@ -1,24 +1,32 @@
 """Checkpoints: the tensors a run trained (never the seeded weights) as safetensors, the ModelSpec as JSON metadata,
-and a SHA-256 over the tensors. Loading rebuilds the model from the spec, then loads and checks the tensors."""
+and a SHA-256 over the tensors. Loading rebuilds the model from the spec, then loads and checks the tensors.
+
+IMP runs also keep the mask of every pruning round (`save_round_masks`, file ROUND_MASKS_FILE beside the
+checkpoint): bit-packed, with the shapes and a SHA-256 of the unpacked masks in the metadata."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 from torch import nn
 
 from sltlab.errors import ArtifactError, ConfigError
 from sltlab.nn.spec import ModelSpec, build_model
+from sltlab.runs.store import atomic_write_bytes
 
 FORMAT = "sltlab-checkpoint-1"
 MASK_RANK = "scores"
+ROUNDS_FORMAT = "sltlab-imp-rounds-1"
+ROUND_MASKS_FILE = "imp_rounds.safetensors"
 
 
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -113,3 +121,69 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec]:
 def checkpoint_extras(path: str | Path) -> dict[str, torch.Tensor]:
     _, tensors, _ = read_checkpoint(path)
     return {k[len("extra::"):]: v for k, v in tensors.items() if k.startswith("extra::")}
+
+
+def save_round_masks(path: str | Path, rounds: Sequence[Mapping[str, torch.Tensor]]) -> Path:
+    """Write the masks of IMP rounds 0..R ({module name: bool mask} each) atomically to `path`.
+
+    A mask is stored as `round<r>.<module>`, its bits packed into uint8 (8x smaller than bool: IMP masks cover every
+    weight of the model, the embeddings included); the shapes and a SHA-256 over the unpacked masks go in the
+    metadata, so a reload is checked against the masks that were saved, not against their packing."""
+    if not rounds:
+        raise ArtifactError(f"no IMP round masks to save to {path}")
+    masks = {
+        f"round{r}.{name}": m.detach().cpu().to(torch.bool).contiguous()
+        for r, ms in enumerate(rounds)
+        for name, m in ms.items()
+    }
+    packed = {k: torch.from_numpy(np.packbits(m.reshape(-1).numpy())) for k, m in masks.items()}
+    meta = {
+        "format": ROUNDS_FORMAT,
+        "rounds": str(len(rounds)),
+        # in module order (safetensors sorts its tensors by name), so a reload lists modules as the model does
+        "shapes": json.dumps({k: list(m.shape) for k, m in masks.items()}),
+        "sha256": _digest(masks),
+    }
+    path = Path(path)
+    atomic_write_bytes(path, save(packed, metadata=meta))
+    return path
+
+
+def load_round_masks(path: str | Path) -> list[dict[str, torch.Tensor]]:
+    """The IMP round masks saved by `save_round_masks`: [round 0 masks, round 1 masks, ...], bool tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"IMP round masks {path} do not exist (runs made before round masks were saved lack them)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        packed = load(path.read_bytes())
+        shapes = {k: tuple(v) for k, v in json.loads(meta.get("shapes", "{}")).items()}
+        n_rounds = int(meta.get("rounds", "-1"))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"IMP round masks {path} are not a readable safetensors file: {err}") from err
+    if meta.get("format") != ROUNDS_FORMAT:
+        raise ArtifactError(f"{path} is not an sltlab IMP round-mask file (format {meta.get('format')!r}, "
+                            f"want {ROUNDS_FORMAT})")
+    if set(shapes) != set(packed):
+        raise ArtifactError(f"IMP round masks {path}: the stored shapes do not name the stored masks")
+    masks = {}
+    for k in shapes:
+        v = packed[k]
+        n = int(np.prod(shapes[k], dtype=np.int64))
+        # unpackbits pads a short array with zeros instead of failing, so a truncated mask must be caught here.
+        if v.dtype != torch.uint8 or v.numel() != (n + 7) // 8:
+            raise ArtifactError(f"IMP round masks {path}: {k} does not hold the {n} bits its shape {shapes[k]} needs")
+        masks[k] = torch.from_numpy(np.unpackbits(v.numpy(), count=n).astype(bool)).reshape(shapes[k])
+    if _digest(masks) != meta.get("sha256"):
+        raise ArtifactError(f"IMP round masks {path} fail their SHA-256 check: the file is corrupted")
+    rounds: list[dict[str, torch.Tensor]] = [{} for _ in range(max(n_rounds, 0))]
+    for k, m in masks.items():
+        head, name = k.split(".", 1)
+        r = int(head[len("round"):])
+        if not 0 <= r < len(rounds):
+            raise ArtifactError(f"IMP round masks {path}: {k} is beyond the {n_rounds} rounds the file declares")
+        rounds[r][name] = m
+    return rounds
