@@ -274,6 +274,39 @@ def imp_round_overlap(rounds: Sequence[MaskSet]) -> list[dict[str, float]]:
     return out
 
 
+def imp_round_table(
+    rounds: Sequence[MaskSet], per_round_metrics: Sequence[Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per IMP round 0..R: density, Jaccard with the previous round (NaN for round 0), retention and
+    Jaccard with the final round, plus the dev metric `main` of that round from `per_round_metrics` (a run's
+    metrics["rounds"]) when given. Empty for no rounds."""
+    if not rounds:
+        return []
+    nan = float("nan")
+    first = {
+        "round": 0,
+        "density": overall_density(rounds[0]),
+        "jaccard_prev": nan,
+        "retention": nan,
+        "jaccard_final": jaccard(rounds[0], rounds[-1]),
+    }
+    rows: list[dict[str, Any]] = [first, *imp_round_overlap(rounds)]
+    by_round = {int(m["round"]): m for m in per_round_metrics or [] if "round" in m}
+    for row in rows:
+        main = by_round.get(row["round"], {}).get("main")
+        row["main"] = float(main) if isinstance(main, int | float) else nan
+    return rows
+
+
+def load_imp_rounds(run_dir: str | Path) -> list[dict[str, torch.Tensor]] | None:
+    """The IMP round masks kept in a run's artifact folder; None when it has none (not an IMP run, or one made
+    before round masks were saved). A damaged file raises ArtifactError."""
+    from sltlab.tickets.checkpoint import ROUND_MASKS_FILE, load_round_masks
+
+    path = Path(run_dir) / ROUND_MASKS_FILE
+    return load_round_masks(path) if path.is_file() else None
+
+
 _ROUND_RE = re.compile(r"^(?:imp\.)?round[_.]?(\d+)[./:](.+)$")
 
 

@@ -2,9 +2,9 @@
 
 Prints the run's key settings and metrics, its ticket's density per layer and module type, its overlap with
 the tickets found on the same weights from other score seeds (consistency) and with the same seed under other
-norm variants, and attention entropy / head diversity per layer for the ticket, its random source and its
-dense counterpart. `--json` prints the same as JSON; `--save` merges it into the run's metrics under
-"analysis".
+norm variants, for an IMP run the kept fraction, overlap and dev metric of every pruning round, and attention
+entropy / head diversity per layer for the ticket, its random source and its dense counterpart. `--json` prints
+the same as JSON; `--save` merges it into the run's metrics under "analysis".
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ def analyze_run(store: Store, run_id: str, n_inputs: int = 128, data_dir: str | 
             "table": M.density_table(masks),
         }
         _overlaps(store, rec, masks, out)
+    if rec.config.get("method") == "imp":
+        _imp_rounds(store, rec, out)
     try:
         rm = run_models(store, rec, n_inputs=n_inputs, data_dir=data_dir)
         out["attention"] = {
@@ -134,6 +136,29 @@ def _overlaps(store: Store, rec: RunRecord, masks: dict, out: dict[str, Any]) ->
             )
     if cross:
         out["cross_norm"] = cross
+
+
+def _imp_rounds(store: Store, rec: RunRecord, out: dict[str, Any]) -> None:
+    """Kept fraction, overlap with the previous and the final round, and dev metric of every IMP round."""
+    from sltlab.analysis.masks import imp_round_table, load_imp_rounds
+
+    try:
+        rounds = load_imp_rounds(store.path.parent / "artifacts" / rec.run_id)
+    except SltlabError as err:
+        out["notes"].append(f"IMP round masks unreadable, per-round overlap skipped: {err}")
+        return
+    if rounds is None:
+        out["notes"].append(
+            "no IMP round masks (imp_rounds.safetensors; runs made before round masks were saved lack them): "
+            "per-round overlap skipped"
+        )
+        return
+    out["imp_rounds"] = {
+        "fraction": rec.config.get("imp_fraction"),
+        "scope": rec.config.get("imp_scope", "layer"),
+        "metric": rec.metrics.get("main_metric", "main"),
+        "rounds": imp_round_table(rounds, rec.metrics.get("rounds")),
+    }
 
 
 def _f(x: Any) -> str:
@@ -191,6 +216,18 @@ def format_analysis(a: dict[str, Any]) -> str:
             f"overlap with variant {x['variant']} ({x['run_id']}): Jaccard {_f(x['jaccard'])} "
             f"(chance {_f(x['chance_jaccard'])})"
         )
+    if "imp_rounds" in a:
+        imp = a["imp_rounds"]
+        p = imp["fraction"]
+        lines.append(
+            f"IMP rounds: each prunes {_f(p)} of the surviving weights ({imp['scope']} scope); masks are nested, so "
+            "the Jaccard with the previous round is the share of it kept"
+        )
+        lines.append(f"  {'round':<7}{'kept':<10}{'(1-p)^r':<10}{'J prev':<10}{'J final':<10}dev {imp['metric']}")
+        for row in imp["rounds"]:
+            expected = (1 - p) ** row["round"] if isinstance(p, int | float) else float("nan")
+            cells = (row["density"], expected, row["jaccard_prev"], row["jaccard_final"])
+            lines.append(f"  {row['round']:<7}" + "".join(f"{_f(float(x)):<10}" for x in cells) + _f(row["main"]))
     if "attention" in a:
         at = a["attention"]
         lines.append(f"attention on {at['inputs']}   (entropy: 1 uniform, 0 one-hot; diversity: head JSD bits)")

@@ -8,7 +8,9 @@ when its runs are missing, what to run to fill it. Sections:
 3. ticket consistency: Jaccard overlap of tickets found from different score seeds on the same weights;
 4. attention entropy and head diversity per layer: ticket vs its random source vs the dense target;
 5. GLUE (and PEFT / LM) tables with bootstrap intervals and Kruskal-Wallis across methods;
-6. statistics and the conclusion, phrased by what the numbers say, with the n behind every claim.
+6. IMP tickets across pruning rounds: kept fraction, overlap with the previous and the final round, dev metric,
+   and the overlap of masks pruned under two norms from the same weights;
+7. statistics and the conclusion, phrased by what the numbers say, with the n behind every claim.
 
 Outputs in the chosen folder: report.html (self-contained: figures embedded as data URIs, inline CSS),
 report.md (links the PNGs), figures/*.png and report.json (every number the text quotes).

@@ -17,6 +17,7 @@ from sltlab.report.sections_approx import section_depth, section_error_vs_width
 from sltlab.report.sections_attention import section_attention
 from sltlab.report.sections_conclusion import section_conclusion
 from sltlab.report.sections_consistency import section_consistency
+from sltlab.report.sections_imp import section_imp
 from sltlab.report.sections_overview import section_overview
 from sltlab.report.sections_tasks import section_tasks
 from sltlab.runs.store import RunRecord, Store, atomic_write_text
@@ -74,6 +75,7 @@ def build_report(
             ("consistency", lambda: section_consistency(ctx, approx)),
             ("attention", lambda: section_attention(ctx, approx, runs.get("glue", []))),
             ("tasks", lambda: section_tasks(ctx, runs)),
+            ("imp rounds", lambda: section_imp(ctx, runs.get("glue", []))),
             ("conclusion", lambda: section_conclusion(ctx)),
         ):
             t0 = time.perf_counter()

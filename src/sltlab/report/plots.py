@@ -182,3 +182,85 @@ def attention_layers(
 def model_order(label: str) -> tuple[int, str]:
     order = {"ticket": 0, "random": 1, "target": 2, "dense": 3}
     return (order.get(label, 9), label)
+
+
+def _column_means(arr: np.ndarray) -> np.ndarray:
+    """Mean of the finite values of each column, NaN for a column without any (no empty-slice warning)."""
+    ok = np.isfinite(arr)
+    total = np.where(ok, arr, 0.0).sum(0)
+    n = ok.sum(0)
+    return np.divide(total, n, out=np.full(arr.shape[1], np.nan), where=n > 0)
+
+
+def imp_rounds(
+    runs: Mapping[str, Sequence[Sequence[Mapping[str, float]]]],
+    cross: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+    fraction: float,
+    metric: str,
+    title: str,
+) -> bytes:
+    """IMP masks across rounds. runs[norm] = per-run lists of round rows (round, density, jaccard_prev,
+    jaccard_final, main); cross[pair label] = per-seed lists of (Jaccard, chance Jaccard) per round.
+
+    Left: kept fraction with the (1 - fraction)^r schedule, and the Jaccard of each round's mask with the previous
+    and with the final round. Middle (when `cross` has pairs): overlap between norm variants on the same initial
+    weights against chance. Right: the dev metric of each round. Lines are means over runs, dots single runs."""
+    plt = _plt()
+    panels = 3 if cross else 2
+    fig, axes = plt.subplots(1, panels, figsize=(3.9 * panels, 3.5), squeeze=False)
+    ax_mask, ax_metric = axes[0][0], axes[0][-1]
+    col = colours(list(runs))
+    n_rounds = max((len(rows) for rs in runs.values() for rows in rs), default=1)
+    xs = np.arange(n_rounds)
+    ax_mask.plot(xs, (1 - fraction) ** xs, color="grey", lw=4, alpha=0.25, label=f"(1 - {fraction:g})^r")
+    styles = (
+        ("density", "-", "o", "kept fraction"),
+        ("jaccard_final", "--", "s", "Jaccard with final"),
+        ("jaccard_prev", ":", "^", "Jaccard with previous"),
+    )
+    for j, (norm, rs) in enumerate(runs.items()):
+        # the curves of different norms coincide by construction; a small shift keeps each visible
+        shift = (j - (len(runs) - 1) / 2) * 0.06
+        for key, ls, marker, _ in styles:
+            arr = np.asarray([[row.get(key, np.nan) for row in rows] for rows in rs if len(rows) == n_rounds], float)
+            if arr.size and np.isfinite(arr).any():
+                ax_mask.plot(xs + shift, _column_means(arr), ls=ls, marker=marker, ms=4, color=col[norm], lw=1.2)
+        arr = np.asarray([[row.get("main", np.nan) for row in rows] for rows in rs if len(rows) == n_rounds], float)
+        if arr.size and np.isfinite(arr).any():
+            for run in arr:
+                ax_metric.scatter(xs + shift, run, s=12, color=col[norm], alpha=0.6)
+            ax_metric.plot(xs + shift, _column_means(arr), "-o", ms=4, color=col[norm], label=norm)
+    handles = [plt.Line2D([], [], color="grey", lw=4, alpha=0.25, label=f"schedule (1 - {fraction:g})^r")]
+    handles += [plt.Line2D([], [], color="k", ls=ls, marker=m, ms=4, label=lab) for _, ls, m, lab in styles]
+    handles += [plt.Line2D([], [], color=col[n], lw=2, label=n) for n in runs]
+    ax_mask.legend(handles=handles, fontsize=6.5)
+    ax_mask.set_ylim(0, 1.05)
+    ax_mask.set_ylabel("fraction / Jaccard")
+    ax_mask.set_title("kept weights and overlap between rounds", fontsize=9)
+    if cross:
+        ax = axes[0][1]
+        ccol = colours(list(cross))
+        for label, pairs in cross.items():
+            arr = np.asarray([[j for j, _ in p] for p in pairs if len(p) == n_rounds], float)
+            chance = np.asarray([[c for _, c in p] for p in pairs if len(p) == n_rounds], float)
+            if not arr.size:
+                continue
+            for run in arr:
+                ax.scatter(xs, run, s=12, color=ccol[label], alpha=0.6)
+            ax.plot(xs, arr.mean(0), "-o", ms=4, color=ccol[label], label=label)
+            ax.plot(xs, chance.mean(0), ":", color=ccol[label], lw=1, label=f"{label}: chance")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("Jaccard of the two norms' masks")
+        ax.set_title("same weights, different norm", fontsize=9)
+        ax.legend(fontsize=6.5)
+    ax_metric.set_ylabel(f"dev {metric}")
+    ax_metric.set_title("dev metric after each round", fontsize=9)
+    if ax_metric.has_data():
+        ax_metric.legend(fontsize=6.5)
+    for ax in axes[0]:
+        ax.set_xticks(xs, [f"{r}\n{(1 - fraction) ** r:.3g}" for r in xs], fontsize=8)
+        ax.set_xlabel("IMP round (0 = dense) / kept fraction", fontsize=8)
+        ax.grid(True, alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return to_png(fig)

@@ -1,4 +1,4 @@
-"""Section 6: the answer to the report's question, phrased from the tests the earlier sections stored in the
+"""Section 7: the answer to the report's question, phrased from the tests the earlier sections stored in the
 summary."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _verdict(res: dict[str, Any] | None, want: str) -> tuple[str, str]:
 
 
 def section_conclusion(ctx: ReportContext) -> Section:
-    s = Section("6. Conclusion: does LayerNorm give more consistent but less diverse tickets?")
+    s = Section("7. Conclusion: does LayerNorm give more consistent but less diverse tickets?")
     cons = ctx.summary.get("consistency", [])
     att = ctx.summary.get("attention", [])
     verdicts = []
