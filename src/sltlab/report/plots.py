@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -155,10 +156,13 @@ def attention_layers(
                     continue
                 arr = np.asarray(runs, dtype=float)
                 layers = np.arange(arr.shape[1]) + (j - (len(variants) - 1) / 2) * 0.06
+                with warnings.catch_warnings():  # a one-head layer has no diversity: NaN is the honest mean
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean, sd = np.nanmean(arr, 0), np.nanstd(arr, 0)
                 ax.errorbar(
                     layers,
-                    np.nanmean(arr, 0),
-                    yerr=np.nanstd(arr, 0),
+                    mean,
+                    yerr=sd,
                     marker="o",
                     capsize=2,
                     color=col[variant],

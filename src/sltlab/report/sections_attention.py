@@ -3,6 +3,7 @@ counterparts."""
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -101,7 +102,9 @@ def section_attention(ctx: ReportContext, approx: list[RunRecord], glue: list[Ru
         for metric in ("entropy", "diversity"):
             for mv, runs in sorted(d[metric].items()):
                 model, v = mv.split("|")
-                flat = [float(np.nanmean(r)) for r in runs]
+                with warnings.catch_warnings():  # a one-head layer has no diversity: NaN, dropped by the CI
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    flat = [float(np.nanmean(r)) for r in runs]
                 rows.append([key[1], v, model, metric, len(runs), stats.bootstrap_ci(flat).fmt()])
         tv = vals[key]["ticket"]
         mw_e = ln_test(tv["entropy"], "two-sided")
