@@ -18,7 +18,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
 	@if [ "$(EXPECT_CPU_TORCH)" = "1" ]; then \
-	  $(BIN)/python -c "import torch,sys; assert torch.version.cuda is None, 'expected the CPU build of torch, got CUDA '+str(torch.version.cuda); print('torch', torch.__version__, '(CPU build)')"; fi
+	  $(BIN)/python -W ignore -c "import torch,sys; assert torch.version.cuda is None, 'expected the CPU build of torch, got CUDA '+str(torch.version.cuda); print('torch', torch.__version__, '(CPU build)')"; fi
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
