@@ -19,7 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-MODES = ("dense", "edge-popup", "edge-popup-global", "annealed")
+MODES = ("dense", "edge-popup", "edge-popup-global", "annealed", "multicoated", "partially-frozen")
+VARIANTS = {  # the supermask options behind each masked mode
+    "edge-popup": {},
+    "edge-popup-global": {"scope": "global"},
+    "annealed": {"method": "annealed"},
+    "multicoated": {"coats": 3},
+    "partially-frozen": {"frozen_pruned": 0.2, "frozen_kept": 0.1},
+}
 
 
 def one_mode(mode: str, steps: int, threads: int) -> dict:
@@ -39,8 +46,7 @@ def one_mode(mode: str, steps: int, threads: int) -> dict:
                       vocab_size=8192, max_len=128, n_outputs=2)
     mask = None
     if mode != "dense":
-        mask = SupermaskConfig(method="annealed" if mode == "annealed" else "edge-popup", keep=0.5,
-                               scope="global" if mode == "edge-popup-global" else "layer")
+        mask = SupermaskConfig(keep=0.5, **VARIANTS[mode])
     model = build_model(ModelSpec("encoder-classifier", cfg, InitSpec(seed=0), mask))
     if mode == "dense":
         for p in model.parameters():
@@ -107,19 +113,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="rounds over all modes; this shared machine drifts by ~5%% between processes, so each "
+                    "ratio is taken within a round and the median over rounds is reported")
     ap.add_argument("--out", default="docs/benchmarks/search_step.md")
     ap.add_argument("--mode", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(one_mode(args.mode, args.steps, args.threads)))
         return
+    rounds: list[dict[str, dict]] = []
+    for rep in range(args.repeats):
+        row = {}
+        for mode in MODES:
+            out = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(args.steps),
+                                  "--threads", str(args.threads)], capture_output=True, text=True, check=True)
+            row[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(rep, row[mode], flush=True)
+        rounds.append(row)
     results = []
     for mode in MODES:
-        out = subprocess.run([sys.executable, __file__, "--mode", mode, "--steps", str(args.steps),
-                              "--threads", str(args.threads)], capture_output=True, text=True, check=True)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(results[-1], flush=True)
-    dense = results[0]
+        runs = [r[mode] for r in rounds]
+        ratios = [r[mode]["median_s"] / r["dense"]["median_s"] for r in rounds]
+        results.append({**runs[0], "median_s": statistics.median(x["median_s"] for x in runs),
+                        "peak_rss_mb": statistics.median(x["peak_rss_mb"] for x in runs),
+                        "step_rss_growth_mb": statistics.median(x["step_rss_growth_mb"] for x in runs),
+                        "ratio": statistics.median(ratios), "ratio_lo": min(ratios), "ratio_hi": max(ratios)})
     thr = threshold_methods(args.threads)
     import torch
 
@@ -129,17 +148,23 @@ def main() -> None:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores ({platform.processor() or 'cpu'}), "
         f"torch {torch.__version__}, {args.threads} threads, fp32. Date: {time.strftime('%Y-%m-%d')}.",
         "",
-        f"Command: `.venv/bin/python benchmarks/bench_search_step.py --steps {args.steps} --threads {args.threads}`",
+        f"Command: `.venv/bin/python benchmarks/bench_search_step.py --steps {args.steps} --threads {args.threads}"
+        f" --repeats {args.repeats}`",
         "",
         "Model: encoder classifier, 4 layers, d=256, 4 heads, MLP 1024, pre-LN, vocab 8192; batch 32 x seq 128;"
-        " Adam; median over the timed steps after 3 warm-up steps. Masks on every Linear and Embedding, keep 0.5.",
+        " Adam; median over the timed steps after 3 warm-up steps. Masks on every Linear and Embedding, keep 0.5;"
+        " multicoated: 3 coats; partially-frozen: 20% of each layer frozen pruned, 10% frozen kept.",
+        f" Each mode runs in its own process, {args.repeats} rounds over all modes; ratio = median over rounds of"
+        " (mode step / dense step of the same round), with the range over rounds.",
         "",
-        "| mode | median step (s) | ratio to dense | peak RSS (MB) | RSS growth in steps (MB) | trainable |",
-        "|---|---|---|---|---|---|",
+        "| mode | median step (s) | ratio to dense | range over rounds | peak RSS (MB) | RSS growth in steps (MB) "
+        "| trainable |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['mode']} | {r['median_s']:.3f} | {r['median_s'] / dense['median_s']:.2f}x "
-                     f"| {r['peak_rss_mb']:.0f} | {r['step_rss_growth_mb']:.0f} | {r['trainable']:,} |")
+        lines.append(f"| {r['mode']} | {r['median_s']:.3f} | {r['ratio']:.2f}x "
+                     f"| {r['ratio_lo']:.2f}-{r['ratio_hi']:.2f} | {r['peak_rss_mb']:.0f} "
+                     f"| {r['step_rss_growth_mb']:.0f} | {r['trainable']:,} |")
     lines += ["", "Top-k threshold of one 8192x256 score tensor (keep 0.5), same element from every method:", "",
               "| method | ms |", "|---|---|"]
     lines += [f"| {t['method']} | {t['ms']:.3f} |" for t in thr]
