@@ -98,3 +98,18 @@ def test_report_says_what_imp_data_is_missing(tmp_path) -> None:
     res = build_report(tmp_path / "one.db", tmp_path / "one", max_attention_runs=1, n_inputs=4)
     assert "all with fewer than 2 pruning rounds (imp_rounds = 1)" in res.markdown.read_text()
     assert "GLUE IMP runs with 2+ pruning rounds" in res.missing
+
+
+def test_conclusion_says_one_head_has_no_diversity(tmp_path):
+    from sltlab.report.blocks import Figures
+    from sltlab.report.context import ReportContext
+    from sltlab.report.sections_conclusion import section_conclusion
+
+    with Store(tmp_path / "s.db") as store:
+        ctx = ReportContext(store, tmp_path, Figures(tmp_path), None, 8, 1, False)
+        ctx.summary["attention"] = [{"setting": "mha H=1", "diversity_undefined": True,
+                                     "ticket_diversity_ln_vs_none": None}]
+        sec = section_conclusion(ctx)
+    text = " ".join(str(b) for kind, b in sec.blocks if kind == "p")
+    assert "mha H=1: not applicable" in text and "one head per layer" in text
+    assert ctx.summary["conclusion"]["diversity"] == "not testable with these runs"

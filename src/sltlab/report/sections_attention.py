@@ -123,6 +123,10 @@ def section_attention(ctx: ReportContext, approx: list[RunRecord], glue: list[Ru
                 "ticket_entropy_ln_vs_none": mw_e,
                 "reference_diversity_ln_vs_none": others,
                 "ticket_diversity": {v: stats.bootstrap_ci(x).as_dict() for v, x in tv["diversity"].items()},
+                # one head per layer: there is no pair of heads, so diversity is NaN by definition, not missing
+                "diversity_undefined": all(
+                    not np.isfinite(x) for xs in tv["diversity"].values() for x in xs
+                ) and any(tv["diversity"].values()),
             }
         )
     s.table(Table(["setting", "variant / norm", "model", "quantity", "n runs", "mean over layers [95% CI]"], rows))

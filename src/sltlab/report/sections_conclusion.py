@@ -46,6 +46,10 @@ def section_conclusion(ctx: ReportContext) -> Section:
         verdicts.append(("consistency", "insufficient"))
         lines.append("**More consistent?** Not measurable: no runs differing only in score seed with checkpoints.")
     for a in att:
+        if a.get("diversity_undefined"):
+            lines.append(f"**Less diverse?** {a['setting']}: not applicable — one head per layer, no pair of heads "
+                         "to compare.")
+            continue
         v, txt = _verdict(a["ticket_diversity_ln_vs_none"], "less")
         verdicts.append(("diversity", v))
         refs = "; ".join(
