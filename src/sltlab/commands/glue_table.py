@@ -160,9 +160,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "glue-table",
         help="the GLUE task x method x norm table (mean ± std over seeds), Markdown + CSV",
-        description="Summarise the finished `sltlab glue` runs of a store: each task's main official metric, "
-        "mean ± std over seeds (n seeds in brackets), in GLUE points (x100), per method and norm. "
-        "Runs with different settings (e.g. quick and full sweeps) are kept apart by a setting hash.",
+        description="Summarise the finished `sltlab glue` runs of a store: each task's main official metric,\n"
+        "mean ± std over seeds (n seeds in brackets), in GLUE points (x100), per method and norm. Runs with\n"
+        "different settings (a quick and a full sweep, or --set affine_lr=0.01) are never averaged together:\n"
+        "they get their own rows, labelled by the fields that differ.",
         epilog="examples:\n  sltlab glue-table\n"
         "  sltlab glue-table --store runs/glue_quick.db --out docs/results\n"
         "  sltlab glue-table --task sst2,rte",

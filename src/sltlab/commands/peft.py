@@ -21,9 +21,9 @@ examples:
   sltlab peft --task mrpc --method ln --quick                 # one smoke-sized cell (lr grid, seed 0)
   sltlab peft --task rte --method ln-fisher --fraction 0.2 --mask-source cv --seeds 2
   sltlab peft --task stsb --method full,bitfit --lr 1e-4 --model ~/models/bert-base-uncased
-  sltlab peft --config configs/peft_quick.toml                # the CPU-scale study behind
-  docs/results/peft.md sltlab peft --config configs/peft_quick.toml --shard 0/2    # half of its tasks (run
-  1/2 beside it) sltlab peft --config configs/peft_quick.toml --no-run --report docs/results/peft.md
+  sltlab peft --config configs/peft_quick.toml               # the CPU-scale study behind docs/results/peft.md
+  sltlab peft --config configs/peft_quick.toml --shard 0/2   # half of its tasks (run --shard 1/2 beside it)
+  sltlab peft --config configs/peft_quick.toml --no-run --report docs/results/peft.md
 
 Methods: full (every weight), bitfit (every bias), ln (every LayerNorm gain and bias), random (as many random
 scalars as ln), ln-fisher (the top --fraction of LayerNorm scalars by Fisher information from --mask-source:
