@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick theory-quick
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick peft-medium theory-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,11 @@ lm-quick: install
 
 peft-quick: install
 	$(BIN)/sltlab peft --config configs/peft_quick.toml
+
+peft-medium: install  # ~30 min per task on one core; two shards in parallel
+	$(BIN)/sltlab peft --config configs/peft_medium.toml --store runs/peft_medium.db --shard 0/2 --threads 1 & \
+	$(BIN)/sltlab peft --config configs/peft_medium.toml --store runs/peft_medium.db --shard 1/2 --threads 1; wait
+	$(BIN)/sltlab peft --config configs/peft_medium.toml --store runs/peft_medium.db --no-run --report docs/results/peft_medium.md
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
