@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from sltlab.errors import ConfigError
-from sltlab.runs.config import load_toml
+from sltlab.runs.config import comma_list, load_toml
 from sltlab.runs.store import Store
 from sltlab.tasks.glue import glue_root
 from sltlab.tasks.glue_run import METHODS, QUICK, GlueSweepConfig, run_sweep
@@ -29,11 +29,6 @@ annealed (annealed straight-through mask), imp (iterative magnitude pruning with
 Norms: none, pre-ln, post-ln, pre-rms, post-rms (append +affine to train the gain/bias in dense runs).
 """
 
-
-def _split(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
@@ -63,11 +58,11 @@ def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
     run.update(_parse_set(args.set or []))
     data["run"] = run
     if args.task:
-        data["tasks"] = _split(args.task)
+        data["tasks"] = comma_list(args.task)
     if args.method:
-        data["methods"] = _split(args.method)
+        data["methods"] = comma_list(args.method)
     if args.norm:
-        data["norms"] = _split(args.norm)
+        data["norms"] = comma_list(args.norm)
     if args.seeds is not None:
         if args.seeds < 1:
             raise ConfigError("--seeds", f"{args.seeds} must be at least 1", "a positive integer")

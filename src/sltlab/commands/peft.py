@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sltlab.errors import ConfigError
-from sltlab.runs.config import from_dict, load_toml
+from sltlab.runs.config import comma_list, from_dict, load_toml
 from sltlab.runs.store import Store
 
 EPILOG = """\
@@ -37,11 +37,6 @@ are skipped, so an interrupted sweep resumes. The default model is all-MiniLM-L6
 QUICK: dict[str, Any] = {"subsample": 128, "dev_limit": 128, "epochs": 1, "fisher_samples": 32, "max_len": 64}
 
 
-def _split(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    return [t.strip() for t in text.split(",") if t.strip()]
-
 
 def _shard(text: str | None) -> tuple[int, int]:
     if not text:
@@ -56,7 +51,7 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 
 def _methods(args: argparse.Namespace) -> list[str] | None:
-    methods = _split(args.method)
+    methods = comma_list(args.method)
     if methods is None:
         if args.fraction or args.mask_source:
             raise ConfigError(
@@ -64,7 +59,7 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
             )
         return None
     try:
-        fractions = [float(f) for f in (_split(args.fraction) or [])]
+        fractions = [float(f) for f in (comma_list(args.fraction) or [])]
     except ValueError:
         raise ConfigError(
             "--fraction", f"{args.fraction!r} is not a number", "e.g. 0.2 or 0.1,0.2,0.5"
@@ -73,7 +68,7 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
         raise ConfigError(
             "--fraction", "only ln-fisher takes --fraction / --mask-source", "--method ln-fisher"
         )
-    sources = _split(args.mask_source) or ["individual"]
+    sources = comma_list(args.mask_source) or ["individual"]
     out: list[str] = []
     for m in methods:
         if m != "ln-fisher":
@@ -102,7 +97,7 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
         base["model"] = str(Path(args.model).expanduser())
     data["base"] = base
     if args.task:
-        data["tasks"] = _split(args.task)
+        data["tasks"] = comma_list(args.task)
     methods = _methods(args)
     if methods is not None:
         data["methods"] = methods
@@ -112,7 +107,7 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
             raise ConfigError("--seeds", f"{args.seeds} must be at least 1", "a positive integer")
         data["seeds"] = list(range(args.seeds))
     if args.lr:
-        lrs = [float(x) for x in _split(args.lr) or []]
+        lrs = [float(x) for x in comma_list(args.lr) or []]
         from sltlab.tasks.peft import METHODS
 
         data["lr_grid"] = {m: lrs for m in METHODS}

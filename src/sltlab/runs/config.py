@@ -135,3 +135,10 @@ def check_range(
         lo_s = "-inf" if lo is None else f"{lo:g}"
         hi_s = "inf" if hi is None else f"{hi:g}"
         raise ConfigError(field, f"{value!r} is out of range", f"values in {left}{lo_s}, {hi_s}{right}")
+
+
+def comma_list(text: str | None) -> list[str] | None:
+    """A command-line list such as "sst2, rte" -> ["sst2", "rte"]; None (option not given) stays None."""
+    if text is None:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]

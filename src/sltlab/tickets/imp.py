@@ -16,7 +16,6 @@ state dict loads into the unmasked architecture (that is how IMP tickets are che
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -26,7 +25,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from sltlab.errors import ConfigError
-from sltlab.tickets.supermask import weight_parametrizations
+from sltlab.tickets.supermask import maskable_layers, weight_parametrizations
 
 
 @dataclass(frozen=True)
@@ -79,21 +78,10 @@ class PruneMask(nn.Module):
         return w * self.mask.to(w.dtype)
 
 
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
 def attach_prune_masks(model: nn.Module, cfg: ImpConfig) -> dict[str, PruneMask]:
     """Give every matching nn.Linear / nn.Embedding an all-ones PruneMask. Returns module name -> mask
     module."""
-    chosen = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | nn.Embedding)
-        and _matches(name, cfg.targets)
-        and not _matches(name, cfg.exclude)
-        and not parametrize.is_parametrized(m, "weight")
-    ]
+    chosen = maskable_layers(model, cfg.targets, cfg.exclude)
     if not chosen:
         raise ConfigError(
             "imp.targets",

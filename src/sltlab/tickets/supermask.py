@@ -475,6 +475,21 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def maskable_layers(
+    model: nn.Module, targets: tuple[str, ...], exclude: tuple[str, ...]
+) -> list[tuple[str, nn.Module]]:
+    """(name, module) of the Linear/Embedding layers whose names match `targets` and not `exclude` (fnmatch) and
+    whose weight is not parametrized yet: the one rule supermasks and IMP's prune masks both attach by."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear | nn.Embedding)
+        and _matches(name, targets)
+        and not _matches(name, exclude)
+        and not parametrize.is_parametrized(m, "weight")
+    ]
+
+
 def _init_scores(cfg: SupermaskConfig, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
     bound = 1.0 / math.sqrt(fan_in)
@@ -492,14 +507,7 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> nn.Module:
     parameters whose names match cfg.free. Modifies and returns `model`."""
     for p in model.parameters():
         p.requires_grad_(False)
-    chosen = [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | nn.Embedding)
-        and _matches(name, cfg.targets)
-        and not _matches(name, cfg.exclude)
-        and not parametrize.is_parametrized(m, "weight")
-    ]
+    chosen = maskable_layers(model, cfg.targets, cfg.exclude)
     if not chosen:
         raise ConfigError("mask.targets", f"no Linear or Embedding layer matches {list(cfg.targets)}",
                           "fnmatch patterns over module names, e.g. '*attn*' or 'stack.blocks.*'")
