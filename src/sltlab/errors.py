@@ -28,3 +28,13 @@ class ArtifactError(SltlabError):
 
 class StoreError(SltlabError):
     """The results store cannot answer (unknown run id, unreadable file)."""
+
+
+class DivergedError(SltlabError):
+    """A search or training run blew up (non-finite loss, or a loss far above where it started). Not a bug: the
+    executor records the cell as `diverged`, with the reason and the step, and the sweep goes on."""
+
+    def __init__(self, reason: str, step: int | None = None, loss: float | None = None):
+        self.reason, self.step, self.loss = reason, step, loss
+        where = f" at step {step}" if step is not None else ""
+        super().__init__(f"diverged{where}: {reason}")
