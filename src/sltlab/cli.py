@@ -6,6 +6,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+from typing import NoReturn
 
 from sltlab.errors import SltlabError
 
@@ -19,17 +20,26 @@ Run `sltlab COMMAND --help` for the details of each command.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem and where help is (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    from sltlab import __version__
+
+    parser = Parser(prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"sltlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     import sltlab.commands as commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"sltlab.commands.{info.name}")
-        module.register(sub)
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 DESCRIPTION = """\
 Does a wider random multi-head attention contain a strong lottery ticket that imitates a target attention, and how
@@ -22,57 +21,74 @@ Norm variants: none, pre-ln, post-ln, pre-rms, post-rms, with '+affine' for a le
 
 EPILOG = """\
 examples:
-  sltlab approx configs/approx_quick.toml
-  sltlab approx configs/approx_quick.toml --variants none pre-ln --widths 16 64 --seeds 0
+  sltlab approx configs/approx_quick.toml                          # on every core of this machine
+  sltlab approx configs/approx_quick.toml --variants none,pre-ln --widths 16,64 --seeds 0
+  sltlab approx configs/approx_quick.toml --set search.lr=0.1 --set keep=0.3 --dry-run
   sltlab approx configs/approx_full.toml --store runs/full.db --out runs/approx_full
+  sltlab approx configs/approx_full.toml --executor ray --address auto   # on the Ray cluster you joined
   sltlab approx configs/approx_variants.toml     # edge-popup vs multicoated vs partially frozen sources
 """
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from sltlab.commands.common import COMMON_HELP, add_common
+
     p = sub.add_parser("approx", help="attention-approximation study: error vs source width, with/without LN",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="TOML file of ApproxStudy fields (see configs/approx_quick.toml)")
-    p.add_argument("--store", help="SQLite store (default: the config's `store`, else runs/sltlab.db)")
+                       description=DESCRIPTION, epilog=COMMON_HELP + "\n" + EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common(p, "TOML file of ApproxStudy fields (see configs/approx_quick.toml); default: built-in defaults")
     p.add_argument("--out", help="folder for CSV, fits and plots (default: the config's `out_dir`)")
-    p.add_argument("--variants", nargs="+", help="override the config's norm variants")
-    p.add_argument("--methods", nargs="+",
-                   help="override the methods: edge-popup annealed multicoated partially-frozen construct")
-    p.add_argument("--widths", nargs="+", type=int, help="override the source widths")
-    p.add_argument("--heads", nargs="+", type=int, help="override the head counts")
-    p.add_argument("--seeds", nargs="+", type=int, help="override the weight seeds")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--variants", help="comma list overriding the norm variants, e.g. none,pre-ln")
+    p.add_argument("--methods", help="comma list: edge-popup, annealed, multicoated, partially-frozen, construct")
+    p.add_argument("--widths", help="comma list overriding the source widths, e.g. 16,64")
+    p.add_argument("--heads", help="comma list overriding the head counts")
     p.set_defaults(func=main)
+
+
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    from sltlab.commands.common import parse_seeds
+
+    return parse_seeds(text, flag)
 
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.analysis.approx_summary import summarise
+    from sltlab.commands.common import dry_run, load_config, parse_seeds, run_and_report
+    from sltlab.runs.config import comma_list, from_dict, prepare_out_dir
     from sltlab.runs.store import Store
-    from sltlab.tasks.approx import KIND, load_study, run_study
+    from sltlab.tasks.approx import KIND, ApproxStudy, study_cells
 
-    study = load_study(args.config)
-    overrides = {k: tuple(v) for k, v in
-                 (("variants", args.variants), ("methods", args.methods), ("widths", args.widths),
-                  ("heads", args.heads), ("seeds", args.seeds)) if v}
-    if args.store:
-        overrides["store"] = args.store
-    if args.out:
-        overrides["out_dir"] = args.out
-    study = dataclasses.replace(study, **overrides)
-    cells = study.cells()
+    data = load_config(args)
+    for key, value in (("variants", comma_list(args.variants)), ("methods", comma_list(args.methods)),
+                       ("widths", _ints(args.widths, "--widths")), ("heads", _ints(args.heads, "--heads")),
+                       ("seeds", parse_seeds(args.seeds)), ("store", args.store), ("out_dir", args.out)):
+        if value is not None:
+            data[key] = value
+    if args.device not in (None, "cpu") or args.precision not in (None, "fp32"):
+        for key, value in (("device", args.device), ("precision", args.precision)):
+            if value is not None:
+                data[key] = value
+    study = from_dict(ApproxStudy, data, prefix="study")
+    cells = study_cells(study)
+    if args.dry_run:
+        return dry_run(cells, study.store)
+    prepare_out_dir(study.out_dir, "--out")
     print(f"approx '{study.name}': {len(cells)} cells -> {study.store}")
-    ids = run_study(study, progress=not args.quiet)
+    report = run_and_report(cells, study.store, args, default_threads=study.threads)
     with Store(study.store) as store:
-        records = [store.get(i) for i in ids]
+        records = [r for r in (store.get(i) for i in report.run_ids) if r.status == "finished"]
     assert all(r.kind == KIND for r in records)
-    title = (f"{study.name}: {study.module}, d={study.d_model}, keep={study.keep}, scale={study.scale}, "
-             f"{len(study.seeds)}x{len(study.score_seeds)} seeds")
-    summary = summarise(records, study.out_dir, title)
-    print(summary["markdown"])
-    for f in summary["files"]:
-        print(f"wrote {f}")
-    falling = [r for r in summary["fits"] if not r["falls"]]
-    if falling:
-        names = ", ".join(f"H={r['heads']} {r['variant']} ({r['method']})" for r in falling)
-        print(f"note: the error does not fall with width for: {names}")
-    return 0
+    if records:
+        title = (f"{study.name}: {study.module}, d={study.d_model}, keep={study.keep}, scale={study.scale}, "
+                 f"{len(study.seeds)}x{len(study.score_seeds)} seeds")
+        summary = summarise(records, study.out_dir, title)
+        print(summary["markdown"])
+        for f in summary["files"]:
+            print(f"wrote {f}")
+        falling = [r for r in summary["fits"] if not r["falls"]]
+        if falling:
+            names = ", ".join(f"H={r['heads']} {r['variant']} ({r['method']})" for r in falling)
+            print(f"note: the error does not fall with width for: {names}")
+    if report.diverged:
+        print(f"note: {len(report.diverged)} diverged run(s) are left out of the fits and tables")
+    return 0 if report.ok else 1

@@ -20,12 +20,13 @@ is reported as artifact_bytes (export it anywhere with `sltlab export RUN_ID -o 
 EPILOG = """\
 examples:
   sltlab lm configs/lm_quick.toml
-  sltlab lm configs/lm_quick.toml --methods annealed+scales --seeds 0 1 2
-  sltlab lm --dataset wikitext-2 --methods dense edge-popup --steps 200 --n-layers 2
-  sltlab lm --dataset my_corpus.txt --norm pre-rms --keep 0.3
-  sltlab lm configs/lm_full.toml --store runs/lm_full.db     # GPU-sized; see docs/results/lm.md
+  sltlab lm configs/lm_quick.toml --methods annealed+scales --seeds 0,1,2
+  sltlab lm --dataset wikitext-2 --methods dense,edge-popup --set steps=200 --set n_layers=2
+  sltlab lm --dataset my_corpus.txt --set norm=pre-rms --set keep=0.3
+  sltlab lm configs/lm_full.toml --store runs/lm_full.db --device cuda     # GPU-sized; see docs/results/lm.md
 """
 
+# Shorthands kept from the first release; every LMStudy field is also reachable as --set FIELD=VALUE.
 _FLAGS = (
     ("dataset", str),
     ("norm", str),
@@ -41,45 +42,52 @@ _FLAGS = (
     ("lr_annealed", float),
     ("eval_bytes", int),
     ("floats", str),
-    ("device", str),
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from sltlab.commands.common import COMMON_HELP, add_common
+
     p = sub.add_parser(
         "lm",
         help="supermask byte-level LM vs dense, in validation bits per byte",
         description=DESCRIPTION,
-        epilog=EPILOG,
+        epilog=COMMON_HELP + "\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", nargs="?", help="TOML file of LMStudy fields (default: built-in quick settings)")
-    p.add_argument("--methods", nargs="+", help="e.g. dense edge-popup annealed+scales")
-    p.add_argument("--seeds", nargs="+", type=int, help="weight/score seeds")
+    add_common(p, "TOML file of LMStudy fields (default: built-in quick settings)")
+    p.add_argument("--methods", help="comma list, e.g. dense,edge-popup,annealed+scales")
     for name, tp in _FLAGS:
-        p.add_argument("--" + name.replace("_", "-"), type=tp, help=f"override the config's {name}")
+        p.add_argument("--" + name.replace("_", "-"), type=tp, help=argparse.SUPPRESS if name not in
+                       ("dataset",) else "a data set name (tinyshakespeare, wikitext-2) or a text file")
     p.add_argument("--data-dir", help="data folder holding tinyshakespeare/ and wikitext-2/")
-    p.add_argument("--store", help="SQLite store (default: the config's store, else runs/sltlab.db)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
+    from sltlab.commands.common import dry_run, load_config, parse_seeds, run_and_report
+    from sltlab.runs.config import comma_list, from_dict
     from sltlab.runs.store import Store
-    from sltlab.tasks.lm_run import load_study, run_study
+    from sltlab.tasks.lm_run import LMStudy, study_cells
 
+    data = load_config(args)
     overrides = {name: getattr(args, name) for name, _ in _FLAGS}
-    overrides.update(methods=args.methods, seeds=args.seeds, store=args.store)
-    study = load_study(args.config or "", overrides)
+    overrides.update(methods=comma_list(args.methods), seeds=parse_seeds(args.seeds), store=args.store,
+                     device=args.device, precision=args.precision)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    study = from_dict(LMStudy, data, prefix="lm")
+    cells = study_cells(study, args.data_dir)
+    if args.dry_run:
+        return dry_run(cells, study.store)
     print(
         f"lm '{study.name}': {study.dataset}, d={study.d_model} layers={study.n_layers} "
         f"heads={study.n_heads} "
-        f"seq={study.seq_len} batch={study.batch_size} steps={study.steps}, {len(study.cells())} cells "
+        f"seq={study.seq_len} batch={study.batch_size} steps={study.steps}, {len(cells)} cells "
         f"-> {study.store}"
     )
-    ids = run_study(study, args.data_dir, progress=not args.quiet)
+    report = run_and_report(cells, study.store, args)
     with Store(study.store) as store:
-        records = [store.get(i) for i in ids]
+        records = [r for r in (store.get(i) for i in report.run_ids) if r.status == "finished"]
     print("\n| method | seed | val bpb | tokens/s | density | artifact bytes | train s | run |")
     print("|---|---|---|---|---|---|---|---|")
     for r in records:
@@ -89,4 +97,4 @@ def main(args: argparse.Namespace) -> int:
             f"| {name} | {c['seed']} | {m['val_bpb']:.4f} | {m['tokens_per_s']:.0f} | {m['density']:.3f} | "
             f"{m.get('artifact_bytes', 0):,} | {r.timings.get('train_s', 0):.0f} | {r.run_id} |"
         )
-    return 0
+    return 0 if report.ok else 1

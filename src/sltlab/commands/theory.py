@@ -13,6 +13,7 @@ skips finished cells; CSV and PNG files go to --out-dir (default runs/theory).
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -94,42 +95,66 @@ def _print_summary(name: str, summary: dict[str, Any]) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
+    import contextlib
+    import tempfile
+
+    from sltlab.commands.common import config_path, dry_run, parse_seeds, run_and_report
+    from sltlab.runs.config import prepare_out_dir
+    from sltlab.tasks.theory.runner import Collector
+
     if args.experiment not in (*EXPERIMENTS, "all"):
         raise ConfigError("experiment", f"unknown experiment {args.experiment!r}", " | ".join((*EXPERIMENTS, "all")))
-    cfg = load_config(args.config)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg = load_config(config_path(args), sets=args.sets, seeds=parse_seeds(args.seeds))
+    store_path = Path(args.store or "runs/sltlab.db")
     names = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
-    with Store(args.store) as store:
+    # First pass: every experiment names its cells (placeholders stand in for missing metrics).
+    collector = Collector(Store(store_path) if store_path.is_file() else None)
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            with contextlib.suppress(Exception):  # summaries of placeholders may not compute; cells are noted
+                RUNNERS[name](cfg, collector, Path(scratch))
+    if collector.store is not None:
+        collector.store.close()
+    if args.dry_run:
+        return dry_run(collector.cells, store_path)
+    out = prepare_out_dir(args.out_dir, "--out-dir")
+    report = run_and_report(collector.cells, store_path, args)
+    if not report.ok:
+        print("theory: summaries need every cell; rerun the command to retry the failed ones")
+        return 1
+    with Store(store_path) as store:
         runner = Runner(store, progress=not args.quiet)
         for name in names:
             summary = RUNNERS[name](cfg, runner, out)
             _print_summary(name, summary)
             atomic_write_text(out / f"{name}_summary.txt", repr(summary) + "\n")
         print(
-            f"{runner.ran} cells run ({runner.norm_warned} past the theory's norm assumption), {runner.done} "
-            f"already in {args.store}; CSV and PNG in {out}/"
+            f"{len(report.ran)} cells run, {len(report.skipped)} already in {store_path} "
+            f"({runner.norm_warned} past the theory's norm assumption); CSV and PNG in {out}/"
         )
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from sltlab.commands.common import COMMON_HELP, add_common
+
     p = sub.add_parser(
         "theory",
         help="the SLT theory's experiments with constructed (subset-sum) tickets",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=(
-            "examples:\n"
-            "  sltlab theory width --config configs/theory_quick.toml\n"
-            "  sltlab theory threshold\n"
-            "  sltlab theory angular --out-dir runs/theory\n"
-            "  sltlab theory all --store runs/sltlab.db --quiet\n"
+        epilog=COMMON_HELP + (
+            "\nexamples:\n"
+            "  sltlab theory width configs/theory_quick.toml\n"
+            "  sltlab theory threshold --seeds 0,1\n"
+            "  sltlab theory angular --out-dir runs/theory --set angular.train_steps=200\n"
+            "  sltlab theory all --store runs/sltlab.db --quiet --executor ray\n"
+            "--set takes SECTION.FIELD (width, threshold, angular, seqlen, warmstart, construct); --seeds sets\n"
+            "the seeds of every experiment.\n"
         ),
     )
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"), help="which experiment to run")
-    p.add_argument("--config", default=None, help=f"TOML config (default {DEFAULT_CONFIG} when present)")
-    p.add_argument("--store", default="runs/sltlab.db", help="results store (SQLite)")
+    add_common(p, f"TOML config (default {DEFAULT_CONFIG} when present)")
     p.add_argument("--out-dir", default="runs/theory", help="where CSV and PNG files go")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handle)

@@ -6,6 +6,7 @@ Errors name the dotted field (`study.search.lr`) and what it accepts, so a user 
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -142,3 +143,45 @@ def comma_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def prepare_out_dir(path: str | Path, flag: str) -> Path:
+    """Check an output folder before any work starts: not a file, creatable, writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(flag, f"{str(p)!r} is an existing file", "a folder path (it is created if missing)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(flag, f"cannot create folder {str(p)!r}: {err.strerror}", "a writable folder") from None
+    if not os.access(p, os.W_OK):
+        raise ConfigError(flag, f"folder {str(p)!r} is not writable", "a writable folder")
+    return p
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: TOML when it parses (numbers, booleans, lists, quoted strings), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_sets(data: dict[str, Any], sets: list[str], allowed_top: set[str] | None = None) -> dict[str, Any]:
+    """Apply `--set a.b=1` overrides onto a config dict (in place and returned)."""
+    for item in sets:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError("--set", f"{item!r} is not KEY=VALUE", "e.g. --set search.lr=0.1")
+        parts = key.split(".")
+        if allowed_top is not None and parts[0] not in allowed_top:
+            raise ConfigError(f"--set {key}", "is not a setting of this study", ", ".join(sorted(allowed_top)))
+        node = data
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {key}", f"{part!r} is not a table", "a key of a table, e.g. search.lr")
+            node = nxt
+        node[parts[-1]] = parse_value(value)
+    return data

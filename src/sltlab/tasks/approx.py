@@ -28,6 +28,7 @@ from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
+from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
 
@@ -272,7 +273,8 @@ def search_ticket(run: ApproxRun, source: nn.Module, target: nn.Module, x_train:
 
     history = run_search(source, loss_fn, batches(), s.search, progress=progress,
                          desc=f"{run.variant} n={run.width} s={run.seed}")
-    return {"final_loss": history[-1]["loss"] if history else float("nan"), "steps": s.search.steps}
+    return {"final_loss": history[-1]["loss"] if history else float("nan"), "steps": s.search.steps,
+            "_curve": [[int(h["step"]), float(h["loss"])] for h in history]}
 
 
 def finder_for(method: str) -> TicketFinder:
@@ -292,8 +294,10 @@ def load_study(path: str) -> ApproxStudy:
     return from_dict(ApproxStudy, load_toml(path), prefix="study")
 
 
-def run_cell(run: ApproxRun, progress: bool = False) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """Find and evaluate one ticket. Returns (source model, metrics, timings)."""
+def run_cell(run: ApproxRun, progress: bool = False, return_curve: bool = False
+             ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Find and evaluate one ticket. Returns (source model, metrics, timings); with return_curve the metrics
+    carry the search's loss curve under '_curve' (the executor moves it to the run's curves)."""
     s = run.study
     t0 = time.perf_counter()
     target = build_model(run.target_spec())
@@ -308,6 +312,8 @@ def run_cell(run: ApproxRun, progress: bool = False) -> tuple[nn.Module, dict[st
     t2 = time.perf_counter()
     metrics = evaluate_pair(source, target, x_test)
     metrics.update(extra)
+    if "_curve" in metrics and not return_curve:
+        metrics.pop("_curve")
     if supermasks(source):
         metrics["density"] = mask_density(source)
         metrics["per_layer_density"] = {k: float(m.float().mean()) for k, m in get_masks(source).items()}
@@ -318,36 +324,36 @@ def run_cell(run: ApproxRun, progress: bool = False) -> tuple[nn.Module, dict[st
 KIND = "approx"
 
 
-def run_study(study: ApproxStudy, store_path: str | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> list[str]:
-    """Run every cell of the study not yet finished in the store; return all the cells' run ids, in order.
-
-    Each finished cell is committed at once (metrics in SQLite, the ticket as safetensors beside it), so an
-    interrupted sweep resumes where it stopped.
-    """
-    from tqdm import tqdm
-
-    from sltlab.runs.store import Store, make_run_id
+def approx_cell(run: ApproxRun, ctx: CellContext) -> CellOutput:
+    """The executor's entry point: one ticket, its metrics, its search curve, the ticket file as an artifact."""
     from sltlab.tickets.checkpoint import save_checkpoint
 
-    torch.set_num_threads(study.threads)
-    cells = study.cells()
-    ids = [make_run_id(KIND, c.config_dict(), c.seed) for c in cells]
+    source, metrics, timings = run_cell(run, progress=ctx.progress, return_curve=True)
+    curve = metrics.pop("_curve", [])
+    if supermasks(source):
+        save_checkpoint(ctx.out_dir / "ticket.safetensors", source, run.source_spec())
+    return CellOutput(metrics, timings, {"loss": curve} if curve else {})
+
+
+def study_cells(study: ApproxStudy) -> list[Cell]:
+    return [
+        Cell(KIND, run.config_dict(), run.seed, approx_cell, run,
+             label=f"h={run.n_heads} {run.variant} {run.method} n={run.width} s={run.seed}/{run.score_seed}")
+        for run in study.cells()
+    ]
+
+
+def run_study(study: ApproxStudy, store_path: str | None = None, progress: bool = True,
+              log: Callable[[str], None] = print, options: ExecOptions | None = None) -> list[str]:
+    """Run every cell of the study not yet finished in the store; return all the cells' run ids, in order.
+
+    Each finished cell is committed at once by the driver (metrics in SQLite, the ticket as safetensors beside
+    it), so an interrupted sweep resumes where it stopped. options: where and how (default: serial, quiet)."""
+    from sltlab.runs.store import Store
+
+    opts = options or ExecOptions(executor="serial", threads=study.threads, progress=progress)
     with Store(store_path or study.store) as store:
-        todo = [(c, i) for c, i in zip(cells, ids, strict=True) if not store.is_finished(i)]
-        if len(todo) < len(cells):
-            log(f"approx: {len(cells) - len(todo)} of {len(cells)} cells already finished in {store.path}; "
-                f"running {len(todo)}")
-        bar = tqdm(todo, desc=f"approx {study.name}", disable=not progress, dynamic_ncols=True)
-        for cell, run_id in bar:
-            bar.set_postfix_str(f"h={cell.n_heads} {cell.variant} {cell.method} n={cell.width} s={cell.seed}")
-            store.start(KIND, cell.config_dict(), cell.seed)
-            try:
-                source, metrics, timings = run_cell(cell, progress=False)
-                if supermasks(source):
-                    save_checkpoint(store.artifact_dir(run_id) / "ticket.safetensors", source, cell.source_spec())
-            except BaseException as err:
-                store.fail(run_id, f"{type(err).__name__}: {err}")
-                raise
-            store.finish(run_id, metrics, timings)
-    return ids
+        report = run_cells(study_cells(study), store, opts, log=log)
+    if report.skipped:
+        log(f"approx: {len(report.skipped)} of {len(report.run_ids)} cells already finished; ran {len(report.ran)}")
+    return report.run_ids

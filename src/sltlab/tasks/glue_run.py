@@ -35,7 +35,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from sltlab.errors import ConfigError, SltlabError
 from sltlab.nn.init import InitSpec
@@ -43,7 +42,8 @@ from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range, from_dict
-from sltlab.runs.store import Store, make_run_id
+from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
+from sltlab.runs.store import Store
 from sltlab.tasks.glue import TASKS, GlueSplit, TaskInfo, get_task, load_split
 from sltlab.tasks.metrics import compute_metrics, main_metric
 from sltlab.tasks.tokenize import TextEncoder, TokenizerSpec, make_encoder
@@ -414,6 +414,7 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
         if cfg.method in MASKED:
             metrics["density"] = mask_density(model)
         metrics["final_loss"] = history[-1]["loss"] if history else math.nan
+        extras["curve"] = [[int(h["step"]), float(h["loss"])] for h in history]
         return model, spec, {**metrics, "params_total": total, "params_trainable": trainable}, extras
     imp = cfg.imp_config()
     attach_prune_masks(model, imp)
@@ -436,6 +437,8 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
             desc=f"{desc} r{r}",
         )
         metrics = evaluate(model, data)
+        offset = r * search.steps  # one curve over every round, steps counted across rounds
+        extras.setdefault("curve", []).extend([[offset + int(h["step"]), float(h["loss"])] for h in history])
         round_masks.append({name: pm.mask.clone() for name, pm in prune_masks(model).items()})
         rounds.append(
             {
@@ -453,6 +456,74 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
     return model, spec, {**metrics, "params_total": total, "params_trainable": trainable}, extras
 
 
+@dataclass(frozen=True)
+class GlueCellArg:
+    """What a GLUE cell needs besides its config: where the data is (each worker reads it itself)."""
+
+    cfg: GlueRunConfig
+    data_dir: str | None = None
+    cache: str | None = None
+
+
+_DATA: dict[tuple, TaskData] = {}  # per process: consecutive cells of one task share the encoded data
+
+
+def _data_key(cfg: GlueRunConfig) -> tuple:
+    return (cfg.task, cfg.train_limit, cfg.dev_limit, cfg.data_seed, cfg.vocab_size, cfg.tokenizer, cfg.max_len,
+            cfg.source)
+
+
+def cell_data(cfg: GlueRunConfig, data_dir: str | Path | None, cache: str | Path | None) -> TaskData:
+    key = (*_data_key(cfg), str(data_dir), str(cache))
+    if key not in _DATA:
+        _DATA.clear()
+        _DATA[key] = prepare_data(cfg, data_dir, cache)
+    return _DATA[key]
+
+
+def glue_cell(arg: GlueCellArg, ctx: CellContext, data: TaskData | None = None) -> CellOutput:
+    """The executor's entry point: data, search / training, scores; the ticket and tokenizer as artifacts."""
+    cfg = arg.cfg
+    t0 = time.perf_counter()
+    data = data if data is not None else cell_data(cfg, arg.data_dir, arg.cache)
+    t1 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model, spec, metrics, extras = train_cell(cfg, data, ctx.progress)
+    t2 = time.perf_counter()
+    which = "trainable" if cfg.method in MASKED else "all"
+    extra = {f"mask::{k}": v.to(torch.uint8) for k, v in extras.get("masks", {}).items()}
+    save_checkpoint(ctx.out_dir / "ticket.safetensors", model, spec, which=which, extra=extra)
+    if extras.get("round_masks"):
+        save_round_masks(ctx.out_dir / ROUND_MASKS_FILE, extras["round_masks"])
+    data.encoder.save(ctx.out_dir / "tokenizer.json")  # the analysis re-encodes dev text with the run's own vocab
+    curve = extras.get("curve") or []
+    metrics.update(
+        main_metric=main_metric(cfg.task),
+        dev_n=len(next(iter(data.dev.values()))),
+        train_n=len(data.train),
+        vocab_size=data.encoder.vocab_size,
+    )
+    timings = {
+        "data_s": t1 - t0,
+        "train_eval_s": t2 - t1,
+        "total_s": time.perf_counter() - t0,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return CellOutput(metrics, timings, {"loss": curve} if curve else {})
+
+
+def glue_cells(cfgs: list[GlueRunConfig], data_dir: str | Path | None = None,
+               cache: str | Path | None = None) -> list[Cell]:
+    out = []
+    for cfg in cfgs:
+        cfg = cfg.resolved()
+        arg = GlueCellArg(cfg, None if data_dir is None else str(data_dir), None if cache is None else str(cache))
+        out.append(Cell(KIND, cfg.to_dict(), cfg.seed, glue_cell, arg,
+                        label=f"{cfg.task} {cfg.method} {cfg.norm} s{cfg.seed}",
+                        device=getattr(cfg, "device", "cpu")))
+    return out
+
+
 def run_cell(
     cfg: GlueRunConfig,
     store: Store,
@@ -461,46 +532,19 @@ def run_cell(
     data: TaskData | None = None,
     cache: str | Path | None = None,
 ) -> tuple[str, bool]:
-    """Run one cell into the store unless it is already finished. Returns (run_id, ran)."""
-    cfg = cfg.resolved()
-    config = cfg.to_dict()
-    run_id = store.start(KIND, config, cfg.seed)
-    if store.is_finished(run_id):
-        return run_id, False
-    try:
-        t0 = time.perf_counter()
-        data = data if data is not None else prepare_data(cfg, data_dir, cache)
-        t1 = time.perf_counter()
-        torch.manual_seed(cfg.seed)
-        model, spec, metrics, extras = train_cell(cfg, data, progress)
-        t2 = time.perf_counter()
-        which = "trainable" if cfg.method in MASKED else "all"
-        extra = {f"mask::{k}": v.to(torch.uint8) for k, v in extras.get("masks", {}).items()}
-        art = store.artifact_dir(run_id)
-        save_checkpoint(art / "ticket.safetensors", model, spec, which=which, extra=extra)
-        if extras.get("round_masks"):
-            save_round_masks(art / ROUND_MASKS_FILE, extras["round_masks"])
-        data.encoder.save(art / "tokenizer.json")  # the analysis re-encodes dev text with the run's own vocab
-        metrics.update(
-            main_metric=main_metric(cfg.task),
-            dev_n=len(next(iter(data.dev.values()))),
-            train_n=len(data.train),
-            vocab_size=data.encoder.vocab_size,
-        )
-        timings = {
-            "data_s": t1 - t0,
-            "train_eval_s": t2 - t1,
-            "total_s": time.perf_counter() - t0,
-            "torch_threads": torch.get_num_threads(),
-        }
-        store.finish(run_id, metrics, timings)
-    except (SltlabError, RuntimeError) as err:
-        store.fail(run_id, f"{type(err).__name__}: {err}")
-        raise
-    except KeyboardInterrupt:
-        store.fail(run_id, "interrupted")
-        raise
-    return run_id, True
+    """Run one cell into the store, in this process, unless it is already finished. Returns (run_id, ran).
+    A failure raises (after it is recorded)."""
+    (cell,) = glue_cells([cfg], data_dir, cache)
+    if store.is_finished(cell.run_id):
+        return cell.run_id, False
+    if data is not None:
+        _DATA.clear()
+        _DATA[(*_data_key(cell.arg.cfg), str(cell.arg.data_dir), str(cell.arg.cache))] = data
+    report = run_cells([cell], store, ExecOptions(executor="serial", threads=torch.get_num_threads(),
+                                                  progress=False))
+    if report.failed:
+        raise SltlabError(report.failed[cell.run_id].splitlines()[0])
+    return cell.run_id, True
 
 
 # ---------------------------------------------------------------------------------------------------- sweep
@@ -568,44 +612,19 @@ def run_sweep(
     data_dir: str | Path | None = None,
     progress: bool = True,
     log: Any = print,
+    options: ExecOptions | None = None,
 ) -> dict[str, list[str]]:
-    """Run every cell not yet finished; data is prepared once per (task, data settings). A failing cell is
-    recorded
-    as failed and the sweep goes on. Returns {'ran': [...], 'skipped': [...], 'failed': [...]} run ids."""
-    cells = sweep.cells()
-    out: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
-    cache: dict[tuple, TaskData] = {}
-    bar = tqdm(cells, desc="glue sweep", disable=not progress, dynamic_ncols=True)
-    for cfg in bar:
-        cfg = cfg.resolved()
-        rid = make_run_id(KIND, cfg.to_dict(), cfg.seed)
-        if store.is_finished(rid):
-            out["skipped"].append(rid)
-            continue
-        key = (
-            cfg.task,
-            cfg.train_limit,
-            cfg.dev_limit,
-            cfg.data_seed,
-            cfg.vocab_size,
-            cfg.tokenizer,
-            cfg.max_len,
-            cfg.source,
-        )
-        bar.set_postfix_str(f"{cfg.task} {cfg.method} {cfg.norm} s{cfg.seed}")
-        try:
-            if key not in cache:
-                cache.clear()
-                cache[key] = prepare_data(cfg, data_dir)
-            rid, _ = run_cell(cfg, store, data_dir, progress=False, data=cache[key])
-            rec = store.get(rid)
-            log(
-                f"{rid}  {cfg.task:5s} {cfg.method:13s} {cfg.norm:7s} seed {cfg.seed}  "
-                f"{rec.metrics['main_metric']}={100 * rec.metrics['main']:.1f}  "
-                f"({rec.timings['total_s']:.0f}s)"
-            )
-            out["ran"].append(rid)
-        except SltlabError as err:
-            log(f"{rid}  FAILED: {err}")
-            out["failed"].append(rid)
-    return out
+    """Run every cell not yet finished. A failing cell is recorded as failed and the sweep goes on.
+    Returns {'ran': [...], 'skipped': [...], 'failed': [...]} run ids."""
+    cells = glue_cells(sweep.cells(), data_dir)
+    opts = options or ExecOptions(executor="serial", threads=torch.get_num_threads(), progress=progress)
+    report = run_cells(cells, store, opts, log=log)
+    for rid in report.ran:
+        rec = store.get(rid)
+        cfg = rec.config
+        log(f"{rid}  {cfg['task']:5s} {cfg['method']:13s} {cfg['norm']:7s} seed {rec.seed}  "
+            f"{rec.metrics['main_metric']}={100 * rec.metrics['main']:.1f}  ({rec.timings['total_s']:.0f}s)")
+    for rid, err in report.failed.items():
+        log(f"{rid}  FAILED: {err.splitlines()[0]}")
+    return {"ran": report.ran, "skipped": report.skipped, "failed": list(report.failed),
+            "diverged": list(report.diverged)}

@@ -25,7 +25,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec
@@ -33,6 +32,7 @@ from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
+from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tasks.text import VOCAB, check_length, eval_bpb, lm_loss, load_corpus, random_batches
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.supermask import SupermaskConfig, mask_density, supermasks
@@ -237,7 +237,8 @@ def count_weights(model: nn.Module) -> int:
 
 
 def run_cell(
-    run: LMRun, data_root: str | None = None, progress: bool = False, artifact_dir: Path | None = None
+    run: LMRun, data_root: str | None = None, progress: bool = False, artifact_dir: Path | None = None,
+    full_curve: bool = False,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Train or search one model, score it in validation bits per byte, export its artifact if a folder is
     given. Returns (model, metrics, timings)."""
@@ -283,6 +284,8 @@ def run_cell(
         "device": str(device),
         **corpus.sizes,
     }
+    if full_curve:
+        metrics["_curve"] = [[int(h["step"]), float(h["loss"])] for h in history]
     timings = {"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2}
     if artifact_dir is not None:
         t4 = time.perf_counter()
@@ -337,35 +340,47 @@ def load_study(path: str, overrides: dict[str, Any] | None = None) -> LMStudy:
     return from_dict(LMStudy, data, prefix="lm")
 
 
+@dataclass(frozen=True)
+class LMCellArg:
+    run: LMRun
+    data_root: str | None = None
+
+
+def lm_cell(arg: LMCellArg, ctx: CellContext) -> CellOutput:
+    """The executor's entry point: one model, scored; its checkpoint and .slt artifact as the run's files."""
+    _, metrics, timings = run_cell(arg.run, arg.data_root, ctx.progress, ctx.out_dir, full_curve=True)
+    curve = metrics.pop("_curve", [])
+    return CellOutput(metrics, timings, {"loss": curve} if curve else {})
+
+
+def study_cells(study: LMStudy, data_root: str | None = None) -> list[Cell]:
+    return [
+        Cell(KIND, run.config_dict(), run.seed, lm_cell, LMCellArg(run, data_root),
+             label=f"{run.method_text} s={run.seed}", device=str(study.device))
+        for run in study.cells()
+    ]
+
+
 def run_study(
     study: LMStudy,
     data_root: str | None = None,
     store_path: str | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    options: ExecOptions | None = None,
 ) -> list[str]:
     """Run every cell not yet finished in the store (resume); return all cells' run ids in order."""
-    from sltlab.runs.store import Store, make_run_id
+    from sltlab.runs.store import Store
 
-    cells = study.cells()
-    ids = [make_run_id(KIND, c.config_dict(), c.seed) for c in cells]
+    opts = options or ExecOptions(executor="serial", threads=torch.get_num_threads(), progress=progress)
     with Store(store_path or study.store) as store:
-        todo = [(c, i) for c, i in zip(cells, ids, strict=True) if not store.is_finished(i)]
-        if len(todo) < len(cells):
-            log(
-                f"lm: {len(cells) - len(todo)} of {len(cells)} cells already finished in {store.path}; "
-                f"running {len(todo)}"
-            )
-        for cell, run_id in tqdm(todo, desc=f"lm {study.name}", disable=not progress or len(todo) < 2):
-            store.start(KIND, cell.config_dict(), cell.seed)
-            try:
-                _, metrics, timings = run_cell(cell, data_root, progress, store.artifact_dir(run_id))
-            except BaseException as err:
-                store.fail(run_id, f"{type(err).__name__}: {err}")
-                raise
-            store.finish(run_id, metrics, timings)
-            log(
-                f"lm: {cell.method_text} seed={cell.seed}: val_bpb={metrics['val_bpb']:.4f} "
-                f"artifact={metrics['artifact_bytes']} B  ({run_id})"
-            )
-    return ids
+        report = run_cells(study_cells(study, data_root), store, opts, log=log)
+        if report.skipped:
+            log(f"lm: {len(report.skipped)} of {len(report.run_ids)} cells already finished in {store.path}")
+        for rid in report.ran:
+            rec = store.get(rid)
+            log(f"lm: {rec.config['method']} seed={rec.seed}: val_bpb={rec.metrics['val_bpb']:.4f} "
+                f"artifact={rec.metrics.get('artifact_bytes')} B  ({rid})")
+        for rid, err in report.failed.items():
+            log(f"lm: {rid} FAILED: {err.splitlines()[0]}")
+    return report.run_ids

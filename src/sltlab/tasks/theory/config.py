@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sltlab.runs.config import from_dict, load_toml
+from sltlab.runs.config import apply_sets, from_dict, load_toml
 from sltlab.tickets.construct import ConstructConfig
 
 DEFAULT_CONFIG = "configs/theory_quick.toml"
@@ -99,10 +99,18 @@ class TheoryConfig:
     construct: ConstructConfig = field(default_factory=ConstructConfig)
 
 
-def load_config(path: str | None) -> TheoryConfig:
+def load_config(path: str | None, sets: list[str] | None = None, seeds: list[int] | None = None) -> TheoryConfig:
     """The config at `path` (its [theory] table, or the whole file), else DEFAULT_CONFIG when present, else
-    the defaults."""
-    if path is None:
-        return TheoryConfig() if not Path(DEFAULT_CONFIG).is_file() else load_config(DEFAULT_CONFIG)
-    data = load_toml(path)
-    return from_dict(TheoryConfig, data.get("theory", data), prefix="theory")
+    the defaults; then `sets` (--set SECTION.FIELD=VALUE) and `seeds` (every experiment's seeds)."""
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    data: dict = {}
+    if path is not None:
+        raw = load_toml(path)
+        data = dict(raw.get("theory", raw))
+    apply_sets(data, sets or [])
+    if seeds is not None:
+        for section in ("width", "threshold", "angular", "seqlen", "warmstart"):
+            data.setdefault(section, {})["seeds"] = list(seeds)
+    return from_dict(TheoryConfig, data, prefix="theory")
+

@@ -1,0 +1,133 @@
+"""The grammar every study command shares (approx, theory, glue, peft, lm):
+
+    sltlab STUDY [CONFIG] [--set KEY=VALUE ...] [--seeds 0,1,2] [--executor serial|local|ray] [--workers N]
+                 [--address ADDR] [--store PATH] [--dry-run] [--quiet] [--device D] [--precision P]
+
+plus each study's own flags. Parsing here; running is `sltlab.runs.executor.run_cells`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from sltlab.errors import ConfigError
+from sltlab.runs.config import apply_sets, load_toml
+
+COMMON_HELP = """\
+common options (every study command):
+  CONFIG                    a TOML file of the study's settings (optional where the study has defaults)
+  --set KEY=VALUE           override one setting (dotted for tables: --set search.lr=0.1); repeatable;
+                            VALUE is read as TOML (0.1, true, [8, 16], "text"), else as a string
+  --seeds 0,1,2             the seeds to run (a comma list)
+  --executor E              serial | local (default: a process pool on this machine) | ray
+  --workers N               local: worker processes (default: the cores); ray: concurrent cells
+  --threads N               torch threads per cell (default 1; results do not depend on it per executor)
+  --retries N               re-runs of a cell whose worker died (default 1)
+  --address ADDR            ray: no address = a private local Ray on 127.0.0.1; 'auto' = the cluster this machine
+                            joined with `ray start`; ray://HOST:10001 = a remote cluster
+  --store PATH              the SQLite results store (only the driver writes it; results come back from workers)
+  --device D / --precision P  auto | cpu | cuda | cuda:N, and fp32 | bf16 | fp16
+  --track mlflow:URI        log every finished run to MLflow while the sweep runs
+  --dry-run                 list the cells and which are already finished; run nothing, write nothing
+  --quiet                   no progress bar
+"""
+
+
+def add_common(p: argparse.ArgumentParser, config_help: str = "TOML file of the study's settings",
+               config_required: bool = False) -> None:
+    """The shared flags. Defaults are None so that 'not given' never overrides a config value."""
+    p.add_argument("config", nargs=None if config_required else "?", help=config_help)
+    p.add_argument("--config", dest="config_opt", metavar="CONFIG", help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (dotted keys for tables); repeatable")
+    p.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2")
+    p.add_argument("--executor", default="local", help="serial | local (default) | ray")
+    p.add_argument("--workers", type=int, help="local: processes (default: cores); ray: concurrent cells")
+    p.add_argument("--threads", type=int, help="torch threads per cell (default 1)")
+    p.add_argument("--retries", type=int, default=1, help="re-runs of a cell whose worker died (default 1)")
+    p.add_argument("--address", help="ray: 'auto', ray://HOST:10001; none = a private local Ray on 127.0.0.1")
+    p.add_argument("--store", help="SQLite results store (default: the config's, else runs/sltlab.db)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the config's, else cpu)")
+    p.add_argument("--precision", help="fp32 | bf16 | fp16 (default: the config's, else fp32)")
+    p.add_argument("--track", help="mlflow:URI: log finished runs to MLflow live")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    if args.config and args.config_opt and args.config != args.config_opt:
+        raise ConfigError("CONFIG", f"given twice ({args.config} and --config {args.config_opt})", "one of them")
+    return args.config or args.config_opt
+
+
+def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
+    if text is None:
+        return None
+    out = []
+    for tok in text.replace(" ", ",").split(","):
+        if not tok:
+            continue
+        try:
+            out.append(int(tok))
+        except ValueError:
+            raise ConfigError(flag, f"{tok!r} is not an integer seed", "a comma list such as 0,1,2") from None
+    if not out:
+        raise ConfigError(flag, "is empty", "a comma list such as 0,1,2")
+    return out
+
+
+def load_config(args: argparse.Namespace, allowed_top: set[str] | None = None) -> dict[str, Any]:
+    """CONFIG (if any) with --set applied."""
+    path = config_path(args)
+    data = load_toml(path) if path else {}
+    return apply_sets(data, args.sets, allowed_top)
+
+
+def exec_options(args: argparse.Namespace, default_threads: int = 1) -> Any:
+    from sltlab.runs.executor import ExecOptions
+
+    opts = ExecOptions(
+        executor=args.executor, workers=args.workers, threads=args.threads or default_threads,
+        retries=args.retries, address=args.address, progress=not args.quiet,
+        track=args.track,
+    )
+    opts.validate()
+    if args.track:
+        from sltlab.runs.tracking import _import_mlflow
+
+        _import_mlflow("--track")
+    return opts
+
+
+def dry_run(cells: list[Any], store_path: str | Path) -> int:
+    """Print each cell's run id, status and label; create nothing."""
+    from sltlab.runs.executor import plan
+    from sltlab.runs.store import Store
+
+    p = Path(store_path)
+    if p.is_file():
+        with Store(p) as store:
+            rows = plan(cells, store)
+    else:
+        rows = [(c, "new") for c in cells]
+    counts: dict[str, int] = {}
+    for cell, status in rows:
+        counts[status] = counts.get(status, 0) + 1
+        print(f"{cell.run_id}  {status:11s}  {cell.label}")
+    print(f"{len(rows)} cells in {p}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+def run_and_report(cells: list[Any], store_path: str | Path, args: argparse.Namespace,
+                   default_threads: int = 1) -> Any:
+    """Run the cells with the command line's executor options; print the summary. Returns the SweepReport."""
+    from sltlab.runs.executor import run_cells
+    from sltlab.runs.store import Store
+
+    opts = exec_options(args, default_threads)
+    with Store(store_path) as store:
+        report = run_cells(cells, store, opts)
+    print(report.summary())
+    return report
