@@ -136,9 +136,9 @@ def test_bad_inputs_raise_config_errors() -> None:
 def test_run_models_for_a_glue_ticket_uses_dev_sentences(tmp_path, monkeypatch) -> None:
     """A GLUE ticket is analysed on real dev sentences encoded with the run's own (re-trained, cached)
     tokenizer, next to its random source and the dense run of the same shape, norm and seed."""
-    from sltlab.analysis.attention import run_models
     from sltlab.paths import data_dir
     from sltlab.runs.store import Store
+    from sltlab.tasks.replay import run_models
     from sltlab.tasks.tokenize import TokenizerSpec, make_encoder
     from sltlab.tickets.checkpoint import save_checkpoint
 

@@ -178,7 +178,9 @@ def test_warm_start_runs_search_from_constructed_ticket() -> None:
     with torch.no_grad():
         y, _ = forward_out(target, x)
     x_test = random_inputs(0, 64, 5, 4, "test")
-    out = cons.warm_start(
+    from sltlab.tasks.theory.warmstart import warm_start
+
+    out = warm_start(
         run, source, target, x, y, evaluate=lambda m: evaluate_pair(m, target, x_test)["rel_error"]
     )
     assert out["warm_error_before"] < 0.2

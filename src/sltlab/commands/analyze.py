@@ -61,7 +61,8 @@ def _masks_of(store: Store, rec: RunRecord) -> dict | None:
 def analyze_run(store: Store, run_id: str, n_inputs: int = 128, data_dir: str | None = None) -> dict[str, Any]:
     """The analysis of one run as a JSON-ready dict (sections absent when the run lacks what they need)."""
     from sltlab.analysis import masks as M
-    from sltlab.analysis.attention import compare_models, run_models
+    from sltlab.analysis.attention import compare_models
+    from sltlab.tasks.replay import run_models
 
     rec = store.get(run_id)
     out: dict[str, Any] = {

@@ -37,8 +37,9 @@ def _pick_attention_runs(recs: Sequence[RunRecord], limit: int) -> list[RunRecor
 
 
 def section_attention(ctx: ReportContext, approx: list[RunRecord], glue: list[RunRecord]) -> Section:
-    from sltlab.analysis.attention import compare_models, run_models
+    from sltlab.analysis.attention import compare_models
     from sltlab.errors import SltlabError
+    from sltlab.tasks.replay import run_models
 
     s = Section("4. Attention entropy and head diversity")
     s.p(

@@ -339,10 +339,9 @@ class RayExecutor:
         if not ray.is_initialized():
             try:
                 if address:
-                    import sltlab
-
                     # Ship this checkout's code, so every node runs the driver's version (torch must be there).
-                    ray.init(address=address, runtime_env={"py_modules": [str(Path(sltlab.__file__).parent)]},
+                    package = str(Path(__file__).resolve().parents[1])
+                    ray.init(address=address, runtime_env={"py_modules": [package]},
                              log_to_driver=False, logging_level="ERROR")
                 else:
                     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -17,7 +17,7 @@ from typing import Any
 @functools.lru_cache(maxsize=1)
 def code_provenance() -> dict[str, Any]:
     """The package version and the git commit of the checkout sltlab is imported from ('unknown' outside one)."""
-    from sltlab import __version__
+    from sltlab.version import __version__
 
     here = Path(__file__).resolve().parent
     out: dict[str, Any] = {"sltlab": __version__, "commit": "unknown", "dirty": "unknown"}

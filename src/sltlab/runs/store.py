@@ -89,7 +89,7 @@ def make_run_id(kind: str, config: dict[str, Any], seed: int | None = None) -> s
 
 
 def code_version() -> str:
-    from sltlab import __version__
+    from sltlab.version import __version__
 
     return __version__
 

@@ -277,13 +277,30 @@ def search_ticket(run: ApproxRun, source: nn.Module, target: nn.Module, x_train:
             "_curve": [[int(h["step"]), float(h["loss"])] for h in history]}
 
 
+def approx_finder(
+    run: ApproxRun,
+    source: nn.Module,
+    target: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    progress: bool,
+    cfg: Any = None,
+) -> dict[str, Any]:
+    """The `construct` method of the approximation study: the ticket is built, not searched (x, y unused)."""
+    if run.study.mlp and run.study.module == "stack":
+        raise ConfigError(
+            "study.mlp", "the construction covers attention only", "mlp = false with method construct"
+        )
+    from sltlab.tickets.construct import construct_ticket
+
+    return construct_ticket(source, target, cfg, progress)
+
+
 def finder_for(method: str) -> TicketFinder:
     if method in SEARCH_METHODS:
         return search_ticket
     if method == "construct":
-        from sltlab.tickets import construct
-
-        return construct.approx_finder  # type: ignore[attr-defined]
+        return approx_finder
     raise ConfigError("study.methods", f"unknown method {method!r}", " | ".join(METHODS))
 
 

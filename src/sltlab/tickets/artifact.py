@@ -315,7 +315,7 @@ def export_ticket(
         with torch.no_grad():
             for k, v in saved.items():
                 state[k].copy_(v)
-    from sltlab import __version__
+    from sltlab.version import __version__
 
     header = {
         "spec": spec.to_dict(),

@@ -31,9 +31,8 @@ import math
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,9 +42,6 @@ from tqdm.auto import tqdm
 
 from sltlab.errors import ConfigError
 from sltlab.tickets.supermask import Supermask, supermasks
-
-if TYPE_CHECKING:
-    from sltlab.tasks.approx import ApproxRun
 
 SOLVERS = ("auto", "mitm", "milp", "greedy")
 
@@ -534,58 +530,4 @@ def construct_ticket(
             (v.get("vo_norm_ratio", float("nan")) for v in per_layer.values()), default=float("nan")
         ),
         "per_layer_construct": per_layer,
-    }
-
-
-def approx_finder(
-    run: ApproxRun,
-    source: nn.Module,
-    target: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    progress: bool,
-    cfg: ConstructConfig | None = None,
-) -> dict[str, Any]:
-    """The `construct` method of the approximation study: the ticket is built, not searched (x, y unused)."""
-    if run.study.mlp and run.study.module == "stack":
-        raise ConfigError(
-            "study.mlp", "the construction covers attention only", "mlp = false with method construct"
-        )
-    return construct_ticket(source, target, cfg, progress)
-
-
-def warm_start(
-    run: ApproxRun,
-    source: nn.Module,
-    target: nn.Module,
-    x_train: torch.Tensor,
-    y_train: torch.Tensor,
-    progress: bool = False,
-    cfg: ConstructConfig | None = None,
-    evaluate: Callable[[nn.Module], float] | None = None,
-) -> dict[str, Any]:
-    """Construct a ticket, then run the study's gradient search from it (does search keep, improve, lose it?).
-
-    The source must carry edge-popup or annealed supermasks. With edge-popup the search keeps the constructed
-    density (the scores' top-k). `evaluate(source) -> error` is called before and after the search when given.
-    """
-    from sltlab.tasks.approx import search_ticket
-
-    info = construct_ticket(source, target, cfg, progress)
-    before = evaluate(source) if evaluate else float("nan")
-    masks_before = {k: sm.hard_mask().bool().clone() for k, sm in supermasks(source).items()}
-    t0 = time.perf_counter()
-    res = search_ticket(run, source, target, x_train, y_train, progress)
-    after = evaluate(source) if evaluate else float("nan")
-    changed = sum(
-        int((sm.hard_mask().bool() != masks_before[k]).sum()) for k, sm in supermasks(source).items()
-    )
-    total = sum(m.numel() for m in masks_before.values())
-    return {
-        **info,
-        "warm_error_before": before,
-        "warm_error_after": after,
-        "warm_search_s": time.perf_counter() - t0,
-        "warm_final_loss": res["final_loss"],
-        "warm_mask_changed_fraction": changed / max(total, 1),
     }

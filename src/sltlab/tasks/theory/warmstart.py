@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from sltlab.tasks.theory.config import TheoryConfig, WarmstartExp
@@ -14,6 +17,45 @@ from sltlab.tasks.theory.curves import mean_by
 from sltlab.tasks.theory.output import figure, save_png, write_csv
 from sltlab.tasks.theory.runner import Runner
 from sltlab.tickets.construct import ConstructConfig
+
+
+def warm_start(
+    run: Any,
+    source: nn.Module,
+    target: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    progress: bool = False,
+    cfg: ConstructConfig | None = None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+) -> dict[str, Any]:
+    """Construct a ticket, then run the study's gradient search from it (does search keep, improve, lose it?).
+
+    The source must carry edge-popup or annealed supermasks. With edge-popup the search keeps the constructed
+    density (the scores' top-k). `evaluate(source) -> error` is called before and after the search when given.
+    """
+    from sltlab.tasks.approx import search_ticket
+    from sltlab.tickets.construct import construct_ticket
+    from sltlab.tickets.supermask import supermasks
+
+    info = construct_ticket(source, target, cfg, progress)
+    before = evaluate(source) if evaluate else float("nan")
+    masks_before = {k: sm.hard_mask().bool().clone() for k, sm in supermasks(source).items()}
+    t0 = time.perf_counter()
+    res = search_ticket(run, source, target, x_train, y_train, progress)
+    after = evaluate(source) if evaluate else float("nan")
+    changed = sum(
+        int((sm.hard_mask().bool() != masks_before[k]).sum()) for k, sm in supermasks(source).items()
+    )
+    total = sum(m.numel() for m in masks_before.values())
+    return {
+        **info,
+        "warm_error_before": before,
+        "warm_error_after": after,
+        "warm_search_s": time.perf_counter() - t0,
+        "warm_final_loss": res["final_loss"],
+        "warm_mask_changed_fraction": changed / max(total, 1),
+    }
 
 
 def _warm_cell(
@@ -29,7 +71,6 @@ def _warm_cell(
 ) -> dict[str, Any]:
     from sltlab.nn.spec import build_model
     from sltlab.tasks.approx import ApproxStudy, evaluate_pair, forward_out, random_inputs, search_ticket
-    from sltlab.tickets.construct import warm_start
     from sltlab.tickets.search import SearchConfig
 
     study = ApproxStudy(
