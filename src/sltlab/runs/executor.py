@@ -317,6 +317,30 @@ class LocalExecutor:
         self._slots = [_Slot() for _ in self._slots]
 
 
+def _ray_ready() -> bool:
+    import sys
+
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with the flag named, where Ray itself would retry an unreachable address for minutes."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("--address", f"{address!r} is not HOST:PORT", "auto, HOST:6379 or ray://HOST:10001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise ConfigError("--address", f"nothing answers at {address} ({err.strerror or err})",
+                          "the address of a running Ray head (`ray start --head` prints it), or no --address "
+                          "for a private local Ray") from None
+
+
 def _ray_execute(cell: Cell, threads: int) -> CellResult:
     return execute(cell, threads)
 
@@ -328,6 +352,12 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1, retries: int = 1):
+        if address and address != "auto" and not _ray_ready():
+            _probe(address)
+        if not address:
+            # Read by Ray when it is first imported (and by the processes it starts): a private instance then
+            # registers on 127.0.0.1 instead of this machine's network address, so nothing outside can reach it.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         try:
             import ray
         except ImportError:
@@ -344,7 +374,6 @@ class RayExecutor:
                     ray.init(address=address, runtime_env={"py_modules": [package]},
                              log_to_driver=False, logging_level="ERROR")
                 else:
-                    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
                     ray.init(num_cpus=workers or os.cpu_count() or 1, include_dashboard=False,
                              _node_ip_address="127.0.0.1", log_to_driver=False, logging_level="ERROR",
                              configure_logging=False)
