@@ -268,7 +268,7 @@ class Batches:
         self.gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(len(self.data), generator=self.gen)
+        perm = torch.randperm(len(self.data), generator=self.gen, device="cpu")  # host-side, seeded
         for i in range(0, len(perm) - self.batch_size + 1 if len(perm) >= self.batch_size else 1, self.batch_size):
             idx = perm[i : i + self.batch_size]
             yield _trim(self.data.input_ids[idx], self.data.attention_mask[idx]) + (self.data.labels[idx],)

@@ -221,7 +221,7 @@ def _kth_largest_threshold(scores: torch.Tensor, keep: float) -> torch.Tensor:
     n = flat.numel()
     k = max(1, min(n, round(keep * n)))
     if flat.device.type == "cpu":
-        return torch.tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=flat.dtype)
+        return torch.tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=flat.dtype, device=flat.device)
     return flat.kthvalue(n - k + 1).values
 
 
@@ -241,7 +241,7 @@ def _kth_largest_values(flat: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
         top = flat.numpy()
         for i in sorted(range(len(ks)), key=lambda j: -ks[j]):
             top = np.partition(top, top.size - ks[i])[top.size - ks[i]:]
-            out[i] = torch.tensor(top[0], dtype=flat.dtype)
+            out[i] = torch.tensor(top[0], dtype=flat.dtype, device=flat.device)
         return torch.stack(out)  # type: ignore[arg-type]
     n = flat.numel()
     return torch.stack([flat.kthvalue(n - k + 1).values for k in ks])
