@@ -291,6 +291,28 @@ def test_peft_bf16_finite_and_on_device(audited: _Recorder) -> None:
     _check(audited)
 
 
+def test_theory_width_search_cell_bf16(audited: _Recorder, tmp_path: Path) -> None:
+    """Theory's device settings reach its searched cells (and their run ids); constructions stay on the CPU."""
+    from sltlab.runs.config import from_dict
+    from sltlab.runs.store import Store
+    from sltlab.tasks.theory.config import TheoryConfig
+    from sltlab.tasks.theory.runner import Runner
+    from sltlab.tasks.theory.width import run_width
+
+    cfg = from_dict(TheoryConfig, {
+        "device": DEVICE, "precision": PRECISION,
+        "width": {"d_model": 8, "heads": 2, "methods": ["edge-popup"], "search_widths": [8],
+                  "search_inits": ["kaiming-uniform"], "search_seeds": [0], "search_steps": 6, "n_train": 64,
+                  "n_test": 16, "seq_len": 4},
+    }, prefix="theory")
+    with Store(tmp_path / "s.db") as store:
+        summary = run_width(cfg, Runner(store, progress=False), tmp_path)
+        (rec,) = store.runs("theory")
+    assert rec.config["precision"] == PRECISION and math.isfinite(rec.metrics["rel_error"])
+    assert summary and (tmp_path / "width.csv").is_file()
+    _check(audited)
+
+
 def test_the_audit_catches_a_factory_without_device(audited: _Recorder) -> None:
     """The check above can fail: a loss function that makes a tensor without naming its device is reported."""
     from sltlab.tickets.search import SearchConfig
