@@ -207,10 +207,11 @@ def test_approx_cell_bf16_finite_and_on_device(audited: _Recorder) -> None:
     from sltlab.tasks.approx import ApproxStudy, run_cell
     from sltlab.tickets.search import SearchConfig
 
-    for method, variant in (("edge-popup", "ln-integrated"), ("annealed", "none"), ("multicoated", "pre-ln")):
+    for method, variant, precision in (("edge-popup", "ln-integrated", PRECISION), ("annealed", "none", PRECISION),
+                                       ("multicoated", "pre-ln", PRECISION), ("edge-popup", "pre-ln", "fp16")):
         study = ApproxStudy(widths=(16,), variants=(variant,), methods=(method,), seeds=(0,), n_train=128,
                             n_test=32, batch_size=16, search=SearchConfig(steps=12, lr=0.05), device=DEVICE,
-                            precision=PRECISION)
+                            precision=precision)
         _, m, _ = run_cell(study.cells()[0])
         assert math.isfinite(m["rel_error"]) and math.isfinite(m["final_loss"]), method
         assert 0 < m["mask_changed_fraction"] <= 1 and m["stalled"] is False
