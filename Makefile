@@ -63,22 +63,22 @@ approx-full: install  # hours on 2 cores; meant for a bigger machine
 	$(BIN)/sltlab approx configs/approx_full.toml
 
 theory-quick: install
-	$(BIN)/sltlab theory all --config configs/theory_quick.toml
+	$(BIN)/sltlab theory all configs/theory_quick.toml
 
 glue-quick: install
-	$(BIN)/sltlab glue --config configs/glue_quick.toml
+	$(BIN)/sltlab glue configs/glue_quick.toml
 	$(BIN)/sltlab glue-table
 
 lm-quick: install
 	$(BIN)/sltlab lm configs/lm_quick.toml
 
 peft-quick: install
-	$(BIN)/sltlab peft --config configs/peft_quick.toml
+	$(BIN)/sltlab peft configs/peft_quick.toml
 
 peft-medium: install  # ~30 min per task on one core; two shards in parallel
-	$(BIN)/sltlab peft --config configs/peft_medium.toml --store runs/peft_medium.db --shard 0/2 --threads 1 & \
-	$(BIN)/sltlab peft --config configs/peft_medium.toml --store runs/peft_medium.db --shard 1/2 --threads 1; wait
-	$(BIN)/sltlab peft --config configs/peft_medium.toml --store runs/peft_medium.db --no-run --report docs/results/peft_medium.md
+	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --shard 0/2 --threads 1 & \
+	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --shard 1/2 --threads 1; wait
+	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --no-run --report docs/results/peft_medium.md
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

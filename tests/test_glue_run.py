@@ -303,7 +303,7 @@ def test_cli_glue_and_table(tmp_path, glue_dir, capsys):
             "--norm",
             "none",
             "--seeds",
-            "2",
+            "0,1",
             "--data-dir",
             str(glue_dir),
             "--store",

@@ -13,7 +13,8 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "sltlab"
 # Lower number = lower layer. Top-level modules (errors, paths) are the ground floor; cli sits on top.
-LAYERS = {"errors": 0, "paths": 0, "version": 0, "runs": 1, "nn": 2, "tickets": 3, "analysis": 4, "tasks": 5, "report": 6,
+LAYERS = {"errors": 0, "paths": 0, "version": 0, "runs": 1, "nn": 2, "tickets": 3, "analysis": 4, "tasks": 5,
+          "report": 6,
           "commands": 7, "cli": 8}
 
 

@@ -172,7 +172,8 @@ def empirical_fisher(
         p.requires_grad_(False)
     for p in tensors:
         p.requires_grad_(True)
-    sums = [torch.zeros_like(p, dtype=torch.float32, device="cpu") for p in tensors]
+    # accumulated where the model is (no copy to the host per sample), returned on the CPU
+    sums = [torch.zeros_like(p, dtype=torch.float32) for p in tensors]
     seen = 0
     batched_ok = True
     try:
@@ -196,7 +197,7 @@ def empirical_fisher(
                     eye[torch.arange(n), torch.arange(n)] = 1.0
                     out = torch.autograd.grad(losses, tensors, grad_outputs=eye, is_grads_batched=True,
                                               retain_graph=True, allow_unused=True)
-                    grads = [g.detach().float().pow(2).sum(0).cpu() if g is not None else None for g in out]
+                    grads = [g.detach().float().pow(2).sum(0) if g is not None else None for g in out]
                 except RuntimeError:
                     batched_ok = False  # an operator without a batching rule: use the per-sample loop below
             if grads is None:
@@ -205,7 +206,7 @@ def empirical_fisher(
                     out = torch.autograd.grad(losses[i], tensors, retain_graph=i < n - 1, allow_unused=True)
                     for a, g in zip(acc, out, strict=True):
                         if g is not None:
-                            a += g.detach().float().pow(2).cpu()
+                            a += g.detach().float().pow(2)
                 grads = acc
             for s, g in zip(sums, grads, strict=True):
                 if g is not None:
@@ -220,7 +221,7 @@ def empirical_fisher(
             p.requires_grad_(saved_flags[n_])
     if seen == 0:
         raise ConfigError("batches", "gave no samples", "at least one non-empty batch")
-    return {n: s / seen for n, s in zip(names, sums, strict=True)}
+    return {n: (s / seen).cpu() for n, s in zip(names, sums, strict=True)}
 
 
 def aggregate_by_component(

@@ -64,10 +64,9 @@ def main(args: argparse.Namespace) -> int:
                        ("seeds", parse_seeds(args.seeds)), ("store", args.store), ("out_dir", args.out)):
         if value is not None:
             data[key] = value
-    if args.device not in (None, "cpu") or args.precision not in (None, "fp32"):
-        for key, value in (("device", args.device), ("precision", args.precision)):
-            if value is not None:
-                data[key] = value
+    for key, value in (("device", args.device), ("precision", args.precision)):
+        if value is not None:
+            data[key] = value
     study = from_dict(ApproxStudy, data, prefix="study")
     cells = study_cells(study)
     if args.dry_run:

@@ -28,6 +28,7 @@ from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
+from sltlab.runs.device import check_device_name, check_precision, determinism, resolve_device, run_id_fields
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
@@ -79,6 +80,11 @@ class ApproxStudy:
     # Matrices of width 16-512 are far too small for intra-op parallelism: extra threads only spin (measured 20x
     # slower with 2 threads on a busy 2-core machine). Does not enter the run id: results do not depend on it.
     threads: int = 1
+    # Where and in which arithmetic each cell runs (sltlab.runs.device); away from cpu/fp32 they enter the run id.
+    # The held-out error is always measured in fp32: it is the study's figure of merit.
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = False
 
     def target_n_k(self, n_heads: int) -> int:
         return self.target_width if self.target_width is not None else max(1, self.d_model // n_heads)
@@ -111,6 +117,8 @@ class ApproxStudy:
         for name in ("d_model", "n_blocks", "seq_len", "n_train", "n_test", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"study.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1")
+        check_device_name(self.device, "study.device")
+        check_precision(self.precision, "study.precision")
         if not self.seeds or not self.score_seeds:
             raise ConfigError("study.seeds", "needs at least one seed and one score seed")
         if "multicoated" in self.methods and self.coats < 2:
@@ -181,6 +189,7 @@ class ApproxRun:
             # only the variant methods' cells carry these, so plain cells keep the run ids they always had
             **{k: list(v) if isinstance(v, tuple) else v for k, v in s.mask_variant(self.method, self.seed).items()
                if k != "frozen_seed"},
+            **run_id_fields(s.device, s.precision, s.deterministic),
         }
 
     def target_spec(self) -> ModelSpec:
@@ -263,7 +272,9 @@ def search_ticket(run: ApproxRun, source: nn.Module, target: nn.Module, x_train:
 
     def batches():
         while True:
-            idx = torch.randint(0, x_train.shape[0], (s.batch_size,), generator=gen)
+            # drawn on the CPU from the seeded stream (the same batches on every device), then used where x is
+            idx = torch.randint(0, x_train.shape[0], (s.batch_size,), generator=gen, device="cpu")
+            idx = idx.to(x_train.device, non_blocking=True)
             yield x_train[idx], y_train[idx]
 
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -271,9 +282,11 @@ def search_ticket(run: ApproxRun, source: nn.Module, target: nn.Module, x_train:
         out, _ = forward_out(model, xb)
         return (out - yb).pow(2).mean() / denom
 
+    # loss_scale 1: the normalised loss of predicting zero, the natural scale even when a warm start begins far below
     history = run_search(source, loss_fn, batches(), s.search, progress=progress,
-                         desc=f"{run.variant} n={run.width} s={run.seed}")
+                         desc=f"{run.variant} n={run.width} s={run.seed}", precision=s.precision, loss_scale=1.0)
     return {"final_loss": history[-1]["loss"] if history else float("nan"), "steps": s.search.steps,
+            **history.movement(),
             "_curve": [[int(h["step"]), float(h["loss"])] for h in history]}
 
 
@@ -317,23 +330,30 @@ def run_cell(run: ApproxRun, progress: bool = False, return_curve: bool = False
     carry the search's loss curve under '_curve' (the executor moves it to the run's curves)."""
     s = run.study
     t0 = time.perf_counter()
-    target = build_model(run.target_spec())
-    source = build_model(run.source_spec())
-    x_train = random_inputs(run.seed, s.n_train, s.seq_len, s.d_model, "train")
-    x_test = random_inputs(run.seed, s.n_test, s.seq_len, s.d_model, "test")
+    # The constructed ticket is a combinatorial solver on the host: it stays on the CPU.
+    device = resolve_device(s.device, "study.device") if run.method != "construct" else torch.device("cpu")
+    # Weights and inputs are drawn on the CPU in float32 (bit-exact anywhere), then moved once.
+    target = build_model(run.target_spec()).to(device)
+    source = build_model(run.source_spec()).to(device)
+    x_train = random_inputs(run.seed, s.n_train, s.seq_len, s.d_model, "train").to(device)
+    x_test = random_inputs(run.seed, s.n_test, s.seq_len, s.d_model, "test").to(device)
     with torch.no_grad():
         target.eval()
         y_train, _ = forward_out(target, x_train)
     t1 = time.perf_counter()
-    extra = finder_for(run.method)(run, source, target, x_train, y_train, progress)
+    with determinism(device, s.deterministic):
+        extra = finder_for(run.method)(run, source, target, x_train, y_train, progress)
     t2 = time.perf_counter()
     metrics = evaluate_pair(source, target, x_test)
     metrics.update(extra)
     if "_curve" in metrics and not return_curve:
         metrics.pop("_curve")
+    source = source.cpu()
     if supermasks(source):
         metrics["density"] = mask_density(source)
         metrics["per_layer_density"] = {k: float(m.float().mean()) for k, m in get_masks(source).items()}
+    if device.type != "cpu":
+        metrics["device"] = str(device)
     timings = {"setup_s": t1 - t0, "search_s": t2 - t1, "eval_s": time.perf_counter() - t2}
     return source, metrics, timings
 

@@ -42,6 +42,15 @@ from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range, from_dict
+from sltlab.runs.device import (
+    check_device_name,
+    check_precision,
+    determinism,
+    resolve_device,
+    run_id_fields,
+    to_device,
+    where_fields,
+)
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.runs.store import Store
 from sltlab.tasks.glue import TASKS, GlueSplit, TaskInfo, get_task, load_split
@@ -144,8 +153,14 @@ class GlueRunConfig:
     imp_fraction: float = 0.5
     imp_scope: Literal["layer", "global"] = "layer"
     imp_rewind_step: int = 0
+    # where and how (sltlab.runs.device): left out of the run id at cpu / fp32 / not deterministic
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = False
 
     def validate(self) -> None:
+        check_device_name(self.device, "device")
+        check_precision(self.precision, "precision")
         info = get_task(self.task)
         object.__setattr__(self, "task", info.name)
         if self.method not in METHODS:
@@ -201,6 +216,9 @@ class GlueRunConfig:
         out = dataclasses.asdict(self.resolved())
         if not out["affine_lr"]:
             del out["affine_lr"]
+        for k in ("device", "precision", "deterministic"):
+            del out[k]
+        out.update(run_id_fields(self.device, self.precision, self.deterministic))
         return out
 
     @classmethod
@@ -250,7 +268,7 @@ class Batches:
         self.gen = torch.Generator().manual_seed(int(seed) * 7919 + 17)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        perm = torch.randperm(len(self.data), generator=self.gen)
+        perm = torch.randperm(len(self.data), generator=self.gen, device="cpu")  # host-side, seeded
         for i in range(0, len(perm) - self.batch_size + 1 if len(perm) >= self.batch_size else 1, self.batch_size):
             idx = perm[i : i + self.batch_size]
             yield _trim(self.data.input_ids[idx], self.data.attention_mask[idx]) + (self.data.labels[idx],)
@@ -333,6 +351,18 @@ def model_spec(cfg: GlueRunConfig, vocab_size: int, n_outputs: int) -> ModelSpec
     return ModelSpec("encoder-classifier", model, InitSpec(scheme=cfg.init, seed=cfg.seed), mask)
 
 
+class OnDevice:
+    """Re-iterable view of CPU batches (tuples of tensors) moved to `device` one by one (pinned first on CUDA, so
+    the copy overlaps the previous step's compute)."""
+
+    def __init__(self, batches: Any, device: torch.device):
+        self.batches, self.device = batches, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for b in self.batches:
+            yield tuple(to_device(t, self.device) for t in b)
+
+
 def _loss(info: TaskInfo) -> Any:
     def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
         ids, att, y = batch
@@ -348,11 +378,13 @@ def _loss(info: TaskInfo) -> Any:
 def predict(model: nn.Module, data: Encoded, info: TaskInfo, batch_size: int = 256) -> np.ndarray:
     """Class ids (classification) or scores on the label scale (STS-B) for every row of `data`."""
     model.eval()
+    device = next(model.parameters()).device
     outs = []
     for i in range(0, len(data), batch_size):
-        out = model(*_trim(data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size]))
+        ids, att = _trim(data.input_ids[i : i + batch_size], data.attention_mask[i : i + batch_size])
+        out = model(to_device(ids, device), to_device(att, device))
         outs.append(out.squeeze(-1) * 5.0 if info.is_regression else out.argmax(-1))
-    return torch.cat(outs).numpy()
+    return torch.cat(outs).cpu().numpy()
 
 
 def evaluate(model: nn.Module, data: TaskData) -> dict[str, float]:
@@ -388,6 +420,7 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
     extras)."""
     info = data.info
     spec = model_spec(cfg, data.encoder.vocab_size, info.n_outputs)
+    device = resolve_device(cfg.device, "device")
     # Dense / imp: build_model leaves every weight trainable except a frozen-affine norm's gain/bias (the norm
     # spec is honoured; use norm "pre-ln+affine" to train them too).
     model = build_model(spec)
@@ -395,6 +428,27 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
         with torch.no_grad():
             for emb in (model.tok_emb, model.pos_emb):
                 emb.weight.mul_(cfg.trained_embedding_scale)
+    model.to(device)  # drawn on the CPU in float32, moved once
+    with determinism(device, cfg.deterministic):
+        model, metrics, extras = _fit(cfg, data, model, progress)
+    model.cpu()
+    extras = {k: _to_cpu(v) for k, v in extras.items()}
+    return model, spec, metrics, extras
+
+
+def _to_cpu(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.cpu()
+    if isinstance(v, dict):
+        return {k: _to_cpu(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_to_cpu(x) for x in v]
+    return v
+
+
+def _fit(cfg: GlueRunConfig, data: TaskData, model: nn.Module, progress: bool) -> tuple[nn.Module, dict, dict]:
+    info = data.info
+    device = next(model.parameters()).device
     search = cfg.search_config()
     loss_fn = _loss(info)
     desc = f"{info.name} {cfg.method} {cfg.norm} s{cfg.seed}"
@@ -404,18 +458,20 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
         history = run_search(
             model,
             loss_fn,
-            Batches(data.train, cfg.batch_size, cfg.seed),
+            OnDevice(Batches(data.train, cfg.batch_size, cfg.seed), device),
             search,
             progress=progress,
             desc=desc,
             free_lr=cfg.affine_lr or None,
+            precision=cfg.precision,
         )
         metrics = evaluate(model, data)
         if cfg.method in MASKED:
             metrics["density"] = mask_density(model)
         metrics["final_loss"] = history[-1]["loss"] if history else math.nan
         extras["curve"] = [[int(h["step"]), float(h["loss"])] for h in history]
-        return model, spec, {**metrics, "params_total": total, "params_trainable": trainable}, extras
+        metrics.update(history.movement())
+        return model, {**metrics, "params_total": total, "params_trainable": trainable}, extras
     imp = cfg.imp_config()
     attach_prune_masks(model, imp)
     saved: dict[str, dict[str, torch.Tensor]] = {"state": snapshot(model)}
@@ -430,11 +486,12 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
         history = run_search(
             model,
             loss_fn,
-            Batches(data.train, cfg.batch_size, cfg.seed),
+            OnDevice(Batches(data.train, cfg.batch_size, cfg.seed), device),
             search,
             callbacks=cbs,
             progress=progress,
             desc=f"{desc} r{r}",
+            precision=cfg.precision,
         )
         metrics = evaluate(model, data)
         offset = r * search.steps  # one curve over every round, steps counted across rounds
@@ -451,9 +508,10 @@ def train_cell(cfg: GlueRunConfig, data: TaskData, progress: bool = False) -> tu
     metrics["density"] = 1.0 - sparsity(model)
     metrics["rounds"] = rounds
     metrics["final_loss"] = rounds[-1]["final_loss"]
+    metrics.update(history.movement())  # of the last round
     extras["masks"] = bake_prune_masks(model)
     extras["round_masks"] = round_masks
-    return model, spec, {**metrics, "params_total": total, "params_trainable": trainable}, extras
+    return model, {**metrics, "params_total": total, "params_trainable": trainable}, extras
 
 
 @dataclass(frozen=True)
@@ -561,6 +619,14 @@ class GlueSweepConfig:
     run: dict[str, Any] = field(default_factory=dict)
     method: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
+    # every cell's device settings (sltlab.runs.device); those away from cpu/fp32 override the same keys in `run`
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        check_device_name(self.device, "device")
+        check_precision(self.precision, "precision")
 
     def cells(self) -> list[GlueRunConfig]:
         bad = sorted(set(self.run) & {"task", "method", "norm", "seed"})
@@ -583,6 +649,7 @@ class GlueSweepConfig:
                     for seed in self.seeds:
                         data = {
                             **self.run,
+                            **where_fields(self.device, self.precision, self.deterministic),
                             **self.task.get(task, {}),
                             **self.method.get(method, {}),
                             "task": task,

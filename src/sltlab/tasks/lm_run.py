@@ -32,6 +32,15 @@ from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
+from sltlab.runs.device import (
+    check_device_name,
+    check_precision,
+    determinism,
+    resolve_device,
+    run_id_fields,
+    sync,
+    to_device,
+)
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tasks.text import VOCAB, check_length, eval_bpb, lm_loss, load_corpus, random_batches
 from sltlab.tickets.search import SearchConfig, run_search
@@ -83,6 +92,8 @@ class LMStudy:
     eval_batch: int = 32
     floats: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "auto"
+    precision: str = "fp32"
+    deterministic: bool = False
     store: str = "runs/sltlab.db"
 
     def validate(self) -> None:
@@ -109,13 +120,8 @@ class LMStudy:
         for name in ("lr_dense", "lr_edge_popup", "lr_annealed"):
             check_range(f"lm.{name}", getattr(self, name), 0.0, lo_open=True)
         check_range("lm.eval_bytes", self.eval_bytes, 0)
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except RuntimeError:
-                raise ConfigError(
-                    "lm.device", f"unknown device {self.device!r}", "auto | cpu | cuda | cuda:N"
-                ) from None
+        check_device_name(self.device, "lm.device")
+        check_precision(self.precision, "lm.precision")
         if self.floats not in ("float32", "float16", "bfloat16"):
             raise ConfigError(
                 "lm.floats", f"unknown float format {self.floats!r}", "float32 | float16 | bfloat16"
@@ -185,6 +191,7 @@ class LMRun:
             cfg["keep"] = s.keep
         if self.method == "annealed":
             cfg.update(temperature_start=s.temperature_start, temperature_end=s.temperature_end)
+        cfg.update(run_id_fields(s.device, s.precision, s.deterministic))  # nothing at cpu / fp32
         return cfg
 
     def spec(self) -> ModelSpec:
@@ -250,23 +257,26 @@ def run_cell(
     corpus = load_corpus(s.dataset, data_root, s.val_fraction)
     check_length(corpus, s.seq_len)
     spec = run.spec()
-    device = resolve_device(s.device)
+    device = resolve_device(s.device, "lm.device")
     model = build_model(spec).to(device)  # weights are drawn on the CPU, then moved: same values everywhere
     gen = torch.Generator().manual_seed(run.seed * 7919 + 17)
     batches = (
-        (x.to(device), y.to(device)) for x, y in random_batches(corpus.train, s.batch_size, s.seq_len, gen)
+        (to_device(x, device), to_device(y, device))
+        for x, y in random_batches(corpus.train, s.batch_size, s.seq_len, gen)
     )
     t1 = time.perf_counter()
-    history = run_search(
-        model,
-        lm_loss,
-        batches,
-        run.search_config(),
-        progress=progress,
-        desc=f"lm {run.method_text} s={run.seed}",
-        log_every=10,
-    )
-    _sync(device)
+    with determinism(device, s.deterministic):
+        history = run_search(
+            model,
+            lm_loss,
+            batches,
+            run.search_config(),
+            progress=progress,
+            desc=f"lm {run.method_text} s={run.seed}",
+            log_every=10,
+            precision=s.precision,
+        )
+    sync(device)
     t2 = time.perf_counter()
     max_bytes = s.eval_bytes or None
     val_bpb = eval_bpb(model, corpus.val.to(device), s.seq_len, s.eval_batch, max_bytes, progress=progress)
@@ -282,6 +292,7 @@ def run_cell(
         "density": mask_density(model) if supermasks(model) else 1.0,
         "curve": [[int(h["step"]), round(h["loss"], 5)] for h in history[:: max(1, len(history) // 20)]],
         "device": str(device),
+        **history.movement(),
         **corpus.sizes,
     }
     if full_curve:
@@ -310,21 +321,6 @@ def run_cell(
         )
         timings["export_s"] = time.perf_counter() - t4
     return model, metrics, timings
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto': CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("lm.device", f"{name!r} was asked for but CUDA is not available", "auto | cpu")
-    return dev
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _masked_weights(model: nn.Module) -> int:

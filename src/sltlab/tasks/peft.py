@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass
@@ -34,6 +35,15 @@ from torch import nn
 from sltlab.analysis import fisher as fisher_mod
 from sltlab.errors import ConfigError, SltlabError
 from sltlab.runs.config import check_range
+from sltlab.runs.device import (
+    check_device_name,
+    check_precision,
+    determinism,
+    resolve_device,
+    run_id_fields,
+    to_device,
+    where_fields,
+)
 from sltlab.runs.store import Store
 from sltlab.tasks.glue import GlueSplit, get_task, load_split
 from sltlab.tasks.metrics import compute_metrics, main_metric
@@ -84,8 +94,14 @@ class PeftConfig:
     data_seed: int = 0
     fisher_samples: int = 1000
     fisher_tasks: tuple[str, ...] = DEFAULT_FISHER_TASKS
+    # where and how (sltlab.runs.device); in the record only away from cpu / fp32 / not deterministic
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = False
 
     def validate(self) -> None:
+        check_device_name(self.device, "device")
+        check_precision(self.precision, "precision")
         get_task(self.task)
         if self.method not in METHODS:
             raise ConfigError("method", f"unknown method {self.method!r}", " | ".join(METHODS))
@@ -124,9 +140,13 @@ class PeftConfig:
         self.validate()
 
     def record(self) -> dict[str, Any]:
-        """The store config: every field (so the run id is a hash of all of them)."""
+        """The store config: every field (so the run id is a hash of all of them), the device settings only away
+        from their defaults (so runs made before they existed keep their ids)."""
         out = dataclasses.asdict(self)
         out["fisher_tasks"] = list(self.fisher_tasks)
+        for k in ("device", "precision", "deterministic"):
+            del out[k]
+        out.update(run_id_fields(self.device, self.precision, self.deterministic))
         return out
 
     @property
@@ -186,15 +206,16 @@ def trainable_masks(
         k = sum(params[n].numel() for n in ln)
         sizes = [params[n].numel() for n in body]
         g = torch.Generator().manual_seed(int(seed))
-        flat = torch.zeros(sum(sizes), dtype=torch.bool)
-        flat[torch.randperm(flat.numel(), generator=g)[:k]] = True
+        # drawn on the CPU from the seeded stream (the same subset on every device), then moved beside each tensor
+        flat = torch.zeros(sum(sizes), dtype=torch.bool, device="cpu")
+        flat[torch.randperm(flat.numel(), generator=g, device="cpu")[:k]] = True
         out: dict[str, torch.Tensor] = {}
         start = 0
         for n, size in zip(body, sizes, strict=True):
             m = flat[start : start + size]
             start += size
             if m.any():
-                out[n] = m.reshape(params[n].shape).clone()
+                out[n] = m.reshape(params[n].shape).to(params[n].device, copy=True)
         return {**out, **ones}
     if method == "ln-fisher":
         if fraction is None or scores is None:
@@ -203,7 +224,7 @@ def trainable_masks(
         if missing:
             raise ConfigError("fisher", f"has no entry for {missing[0]!r}", "a Fisher dict of this model's LayerNorms")
         masks = fisher_mod.top_fraction_mask({n: scores[n] for n in ln}, fraction)
-        return {**{n: m for n, m in masks.items() if m.any()}, **ones}
+        return {**{n: m.to(params[n].device) for n, m in masks.items() if m.any()}, **ones}
     raise ConfigError("method", f"unknown method {method!r}", " | ".join(METHODS))
 
 
@@ -235,7 +256,7 @@ class GradientMasks:
                 raise ConfigError("masks", f"mask for {n} has shape {tuple(m.shape)}, not {tuple(p.shape)}")
             p.requires_grad_(m is not None and bool(m.any()))
             if m is not None and p.requires_grad and not bool(m.all()):
-                fm = m.to(p.dtype)
+                fm = m.to(device=p.device, dtype=p.dtype)
                 self._partial[n] = fm
                 self._handles.append(p.register_hook(lambda g, fm=fm: g * fm))
 
@@ -261,9 +282,157 @@ class GradientMasks:
 # -------------------- data --------------------
 
 
+@dataclass
+class Tokenized:
+    """A split tokenised once: every row's token ids (and token types) unpadded, back to back, and its labels.
+
+    Kept ragged so a batch is padded to its own longest row, exactly as the tokenizer's padding="longest" on that
+    batch would: the same tensors as tokenising per batch, without tokenising every batch of every epoch."""
+
+    ids: torch.Tensor  # int64, all rows concatenated
+    types: torch.Tensor | None  # int64 token type ids, same layout (None when the model takes none)
+    offsets: torch.Tensor  # int64 [n + 1]: row i is ids[offsets[i]:offsets[i + 1]]
+    labels: torch.Tensor | None
+    pad_id: int
+    pad_type: int = 0
+    left: bool = False  # the tokenizer pads on the left
+
+    def __len__(self) -> int:
+        return int(self.offsets.numel()) - 1
+
+    def collate(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        starts = self.offsets[idx].tolist()
+        ends = self.offsets[[i + 1 for i in idx]].tolist()
+        width = max(e - b for b, e in zip(starts, ends, strict=True))
+        ids = torch.full((len(idx), width), self.pad_id, dtype=torch.int64, device="cpu")
+        att = torch.zeros((len(idx), width), dtype=torch.int64, device="cpu")
+        types = None if self.types is None else torch.full_like(ids, self.pad_type)
+        for r, (b, e) in enumerate(zip(starts, ends, strict=True)):
+            cols = slice(width - (e - b), width) if self.left else slice(0, e - b)
+            ids[r, cols] = self.ids[b:e]
+            att[r, cols] = 1
+            if types is not None and self.types is not None:
+                types[r, cols] = self.types[b:e]
+        out = {"input_ids": ids, "attention_mask": att}
+        if types is not None:
+            out["token_type_ids"] = types
+        if self.labels is not None:
+            out["labels"] = self.labels[idx]
+        return out
+
+
+def token_cache_dir() -> Path:
+    """Where tokenised splits are kept: $SLTLAB_CACHE/tokens, else ~/.cache/sltlab/tokens. (Not inside the model
+    folder: the bundled model lives in site-packages.)"""
+    root = os.environ.get("SLTLAB_CACHE") or str(Path.home() / ".cache" / "sltlab")
+    return Path(root).expanduser() / "tokens"
+
+
+def _tokenizer_hash(pre: Pretrained) -> str:
+    """A hash of the tokenizer's files (what decides the ids), computed once per loaded model."""
+    import hashlib
+
+    cached = getattr(pre, "_tokenizer_sha", None)
+    if cached:
+        return str(cached)
+    h = hashlib.sha256(pre.model_type.encode())
+    for name in sorted(("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
+                        "merges.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model")):
+        f = pre.path / name
+        if f.is_file():
+            h.update(name.encode())
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    digest = h.hexdigest()
+    pre._tokenizer_sha = digest  # type: ignore[attr-defined]
+    return digest
+
+
+def tokenize_split(pre: Pretrained, split: GlueSplit, max_len: int, cache: bool = True) -> Tokenized:
+    """Tokenise every row of `split` once (pairs truncated longest-first to max_len), reading / writing a cache
+    file keyed by a hash of the tokenizer's files, the texts, the labels and max_len (safetensors, no pickle)."""
+    import hashlib
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    regression = get_task(split.task).is_regression
+    h = hashlib.sha256(f"{_tokenizer_hash(pre)}|{max_len}|{split.task}|{regression}".encode())
+    for texts in (split.texts_a, split.texts_b or []):
+        h.update(len(texts).to_bytes(8, "little"))
+        for t in texts:
+            h.update(t.encode("utf-8", "surrogatepass") + b"\0")
+    if split.labels is not None:
+        h.update(np.ascontiguousarray(split.labels).tobytes())
+    path = token_cache_dir() / f"{h.hexdigest()[:32]}.safetensors"
+    tok = pre.tokenizer
+    pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+    pad_type = int(getattr(tok, "pad_token_type_id", 0) or 0)
+    left = getattr(tok, "padding_side", "right") == "left"
+    with_types = pre.model_type != "distilbert"
+    lab_dtype = torch.float32 if regression else torch.long
+    labels = None if split.labels is None else torch.as_tensor(split.labels, dtype=lab_dtype)
+    if cache and path.is_file():
+        try:
+            t = load_file(str(path))
+            return Tokenized(t["ids"], t.get("types"), t["offsets"], labels, pad_id, pad_type, left)
+        except (SafetensorError, OSError, KeyError):
+            pass  # a damaged cache file is rebuilt below
+    enc = tok(list(split.texts_a), None if split.texts_b is None else list(split.texts_b), truncation=True,
+              max_length=max_len, padding=False)
+    rows = enc["input_ids"]
+    lengths = torch.tensor([0] + [len(r) for r in rows], dtype=torch.int64, device="cpu")
+    offsets = torch.cumsum(lengths, 0)
+    ids = torch.tensor([i for r in rows for i in r], dtype=torch.int64, device="cpu")
+    types = None
+    if with_types and "token_type_ids" in enc:
+        types = torch.tensor([i for r in enc["token_type_ids"] for i in r], dtype=torch.int64, device="cpu")
+    out = Tokenized(ids, types, offsets, labels, pad_id, pad_type, left)
+    if cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            save_file({"ids": ids, "offsets": offsets, **({"types": types} if types is not None else {})},
+                      str(tmp))
+            tmp.replace(path)
+        except OSError:
+            pass  # a cache that cannot be written only costs the next run its tokenising
+    return out
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Row indices: the collate function of a Tokenized split builds the batch from them."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _SeededBatches(torch.utils.data.Sampler):
+    """Index batches, reshuffled every pass by one seeded generator (so the order is a function of the seed)."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int):
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = self.n
+        order = torch.randperm(n, generator=self.gen, device="cpu").tolist() if self.shuffle else list(range(n))
+        for i in range(0, n, self.batch_size):
+            yield order[i : i + self.batch_size]
+
+
 class Batches:
-    """Tokenised mini-batches of a GlueSplit; reshuffled every pass with a seeded generator when shuffle is
-    on."""
+    """Mini-batches of a GlueSplit, tokenised once (`tokenize_split`) and served by a torch DataLoader (pinned
+    memory and non-blocking copies when `device` is a GPU); reshuffled every pass with a seeded generator when
+    shuffle is on."""
 
     def __init__(
         self,
@@ -274,27 +443,29 @@ class Batches:
         *,
         shuffle: bool,
         seed: int = 0,
+        device: torch.device | None = None,
     ):
         self.pre, self.split, self.max_len, self.batch_size = pre, split, max_len, batch_size
         self.shuffle = shuffle
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self.regression = get_task(split.task).is_regression
+        self.device = device or torch.device("cpu")
+        self.data = tokenize_split(pre, split, max_len)
+        self.sampler = _SeededBatches(len(self.data), batch_size, shuffle, seed)
+        self.loader = torch.utils.data.DataLoader(
+            _Rows(len(self.data)),
+            batch_sampler=self.sampler,
+            collate_fn=self.data.collate,
+            pin_memory=self.device.type == "cuda",
+            # its own generator: a DataLoader draws a base seed per pass, which must not come from (and so shift)
+            # the global stream that dropout uses
+            generator=torch.Generator().manual_seed(0),
+        )
 
     def __len__(self) -> int:
-        return math.ceil(len(self.split) / self.batch_size)
+        return len(self.sampler)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        n = len(self.split)
-        order = torch.randperm(n, generator=self.gen).tolist() if self.shuffle else list(range(n))
-        for i in range(0, n, self.batch_size):
-            idx = order[i : i + self.batch_size]
-            a = [self.split.texts_a[j] for j in idx]
-            b = None if self.split.texts_b is None else [self.split.texts_b[j] for j in idx]
-            batch = self.pre.encode(a, b, self.max_len)
-            if self.split.labels is not None:
-                lab = self.split.labels[np.asarray(idx, dtype=np.int64)]
-                batch["labels"] = torch.as_tensor(lab, dtype=torch.float32 if self.regression else torch.long)
-            yield batch
+        for batch in self.loader:
+            yield {k: to_device(v, self.device) for k, v in batch.items()}
 
 
 def fixed_subsample(split: GlueSplit, limit: int | None, seed: int) -> GlueSplit:
@@ -329,7 +500,7 @@ def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
         out = model(**{k: v for k, v in batch.items() if k != "labels"})
         preds.append(out.squeeze(-1) if out.shape[-1] == 1 else out.argmax(-1))
         labels.append(batch["labels"])
-    return compute_metrics(batches.split.task, torch.cat(preds).numpy(), torch.cat(labels).numpy())
+    return compute_metrics(batches.split.task, torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy())
 
 
 # -------------------- model cache --------------------
@@ -382,10 +553,13 @@ def ensure_fisher(
         t0 = time.perf_counter()
         info = get_task(task)
         pre = pristine(cfg.model)
-        model = fresh_model(pre, info.n_outputs, 0, cfg.pooling)
+        # The Fisher is a measurement: fp32 on the run's device (its record does not name the device; on the CPU it
+        # is bit-identical, on a GPU equal to float32 rounding).
+        device = resolve_device(cfg.device, "device")
+        model = fresh_model(pre, info.n_outputs, 0, cfg.pooling).to(device)
         model.eval()
         train = fixed_subsample(load_split(task, "train", data_dir=data_dir), cfg.fisher_samples, cfg.data_seed + 1)
-        batches = Batches(pre, train, cfg.max_len, 1, shuffle=False)
+        batches = Batches(pre, train, cfg.max_len, 1, shuffle=False, device=device)
         fisher = fisher_mod.empirical_fisher(
             model, per_sample_loss, batches, params=body_names(model), progress=progress
         )
@@ -458,23 +632,25 @@ def run_peft(cfg: PeftConfig, store: Store, data_dir: str | None = None, progres
         pre = pristine(cfg.model)
         train = fixed_subsample(load_split(cfg.task, "train", data_dir=data_dir), cfg.subsample, cfg.data_seed)
         dev = fixed_subsample(load_split(cfg.task, info.dev_splits[0], data_dir=data_dir), cfg.dev_limit, cfg.data_seed)
-        model = fresh_model(pre, info.n_outputs, cfg.seed, cfg.pooling)
+        device = resolve_device(cfg.device, "device")
+        model = fresh_model(pre, info.n_outputs, cfg.seed, cfg.pooling).to(device)
         masks = trainable_masks(model, cfg.method, fraction=cfg.fraction, scores=scores, seed=cfg.seed)
         before = (
             {n: p.detach().clone() for n, p in model.named_parameters() if n in body_names(model)}
             if cfg.method == "full"
             else {}
         )
-        history = train_masked(
-            model,
-            masks,
-            Batches(pre, train, cfg.max_len, cfg.batch_size, shuffle=True, seed=cfg.seed),
-            cfg,
-            progress=progress,
-            desc=f"{cfg.task} {cfg.label} lr={cfg.lr:g} s{cfg.seed}",
-        )
+        with determinism(device, cfg.deterministic):
+            history = train_masked(
+                model,
+                masks,
+                Batches(pre, train, cfg.max_len, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device),
+                cfg,
+                progress=progress,
+                desc=f"{cfg.task} {cfg.label} lr={cfg.lr:g} s{cfg.seed}",
+            )
         t_train = time.perf_counter() - t0
-        scores_dev = evaluate(model, Batches(pre, dev, cfg.max_len, 64, shuffle=False))
+        scores_dev = evaluate(model, Batches(pre, dev, cfg.max_len, 64, shuffle=False, device=device))
         body = body_names(model)
         n_body = sum(p.numel() for n, p in model.named_parameters() if n in body)
         n_total = sum(p.numel() for p in model.parameters())
@@ -491,6 +667,7 @@ def run_peft(cfg: PeftConfig, store: Store, data_dir: str | None = None, progres
             "share": trainable_body / n_body,
             "share_with_head": trainable / n_total,
             "final_loss": history[-1]["loss"] if history else float("nan"),
+            **history.movement(),
             "train_n": len(train),
             "dev_n": len(dev),
             "wall_s": time.perf_counter() - t0,
@@ -538,7 +715,8 @@ def train_masked(
         gm.decay(rec["lr"], cfg.weight_decay)
 
     try:
-        return run_search(model, mean_loss, batches, scfg, callbacks=[decay], progress=progress, desc=desc)
+        return run_search(model, mean_loss, batches, scfg, callbacks=[decay], progress=progress, desc=desc,
+                          precision=cfg.precision)
     finally:
         gm.remove()
 
@@ -562,8 +740,16 @@ class SweepConfig:
     lr_select: str = "first-seed"
     lr_grid: dict[str, Any] = dataclasses.field(default_factory=dict)
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # every run's device settings (sltlab.runs.device); those away from cpu/fp32 override the same keys in `base`
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
+        check_device_name(self.device, "device")
+        check_precision(self.precision, "precision")
+        object.__setattr__(self, "base", {**self.base, **where_fields(self.device, self.precision,
+                                                                      self.deterministic)})
         if self.lr_select not in ("all", "first-seed"):
             raise ConfigError("lr_select", f"got {self.lr_select!r}", "all | first-seed")
         if not self.seeds:

@@ -112,9 +112,11 @@ def random_batches(
     n = data.numel() - seq_len - 1
     if n < 0:
         raise DataError(f"text of {data.numel()} bytes is shorter than seq_len + 1 = {seq_len + 1}")
-    offsets = torch.arange(seq_len + 1)
+    # drawn where the text is (the CPU, with the seeded CPU generator: the same windows on every device)
+    offsets = torch.arange(seq_len + 1, device=data.device)
     while True:
-        starts = torch.randint(0, n + 1, (batch_size,), generator=generator)
+        starts = torch.randint(0, n + 1, (batch_size,), generator=generator, device=generator.device)
+        starts = starts.to(data.device)
         win = data[starts[:, None] + offsets[None]].long()
         yield win[:, :-1], win[:, 1:]
 
@@ -149,10 +151,10 @@ def eval_bpb(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    offsets = torch.arange(seq_len + 1)
+    offsets = torch.arange(seq_len + 1, device=data.device)
     try:
         for i in tqdm(range(0, n_win, batch_size), desc="eval bpb", disable=not progress, leave=False):
-            starts = torch.arange(i, min(i + batch_size, n_win)) * seq_len
+            starts = torch.arange(i, min(i + batch_size, n_win), device=data.device) * seq_len
             win = data[starts[:, None] + offsets[None]].long()
             logits = model(win[:, :-1])
             loss = F.cross_entropy(

@@ -70,9 +70,10 @@ class ImpConfig:
 class PruneMask(nn.Module):
     """The parametrization W -> W * mask; `mask` is a bool buffer (True = kept), saved in the state dict."""
 
-    def __init__(self, shape: torch.Size):
+    def __init__(self, shape: torch.Size, device: torch.device | str | None = None):
         super().__init__()
-        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool))
+        # Built on the weight's device: a CPU mask on a GPU model would be copied over at every forward.
+        self.register_buffer("mask", torch.ones(shape, dtype=torch.bool, device=device))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.mask.to(w.dtype)
@@ -90,7 +91,7 @@ def attach_prune_masks(model: nn.Module, cfg: ImpConfig) -> dict[str, PruneMask]
         )
     out = {}
     for name, module in chosen:
-        pm = PruneMask(module.weight.shape)
+        pm = PruneMask(module.weight.shape, module.weight.device)
         parametrize.register_parametrization(module, "weight", pm, unsafe=True)
         out[name] = pm
     return out
@@ -131,7 +132,7 @@ def prune_round(model: nn.Module, cfg: ImpConfig, round_index: int) -> float:
     # Survivors rank by |w|; pruned entries get -1 so they are never re-selected.
     ranks = {
         name: torch.where(
-            pm.mask, _raw_weight(model, name).abs(), torch.full_like(pm.mask, -1.0, dtype=torch.float32)
+            pm.mask, _raw_weight(model, name).abs().float(), torch.full_like(pm.mask, -1.0, dtype=torch.float32)
         )
         for name, pm in pms.items()
     }
@@ -140,14 +141,14 @@ def prune_round(model: nn.Module, cfg: ImpConfig, round_index: int) -> float:
             r = ranks[name].reshape(-1)
             k = max(1, round(r.numel() * keep_frac))
             idx = torch.topk(r, k, sorted=False).indices
-            new = torch.zeros(r.numel(), dtype=torch.bool)
+            new = torch.zeros(r.numel(), dtype=torch.bool, device=r.device)
             new[idx] = True
             pm.mask.copy_(new.view_as(pm.mask))
     else:
         flat = torch.cat([r.reshape(-1) for r in ranks.values()])
         k = max(1, round(flat.numel() * keep_frac))
         idx = torch.topk(flat, k, sorted=False).indices
-        new = torch.zeros(flat.numel(), dtype=torch.bool)
+        new = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
         new[idx] = True
         offset = 0
         for pm in pms.values():

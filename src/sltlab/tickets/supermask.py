@@ -221,7 +221,7 @@ def _kth_largest_threshold(scores: torch.Tensor, keep: float) -> torch.Tensor:
     n = flat.numel()
     k = max(1, min(n, round(keep * n)))
     if flat.device.type == "cpu":
-        return torch.tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=flat.dtype)
+        return torch.tensor(np.partition(flat.numpy(), n - k)[n - k], dtype=flat.dtype, device=flat.device)
     return flat.kthvalue(n - k + 1).values
 
 
@@ -241,7 +241,7 @@ def _kth_largest_values(flat: torch.Tensor, ks: Sequence[int]) -> torch.Tensor:
         top = flat.numpy()
         for i in sorted(range(len(ks)), key=lambda j: -ks[j]):
             top = np.partition(top, top.size - ks[i])[top.size - ks[i]:]
-            out[i] = torch.tensor(top[0], dtype=flat.dtype)
+            out[i] = torch.tensor(top[0], dtype=flat.dtype, device=flat.device)
         return torch.stack(out)  # type: ignore[arg-type]
     n = flat.numel()
     return torch.stack([flat.kthvalue(n - k + 1).values for k in ks])
@@ -359,6 +359,8 @@ class Supermask(nn.Module):
         else:
             self.scale = None
         self._gen = torch.Generator().manual_seed(sample_seed)
+        self._sample_seed = sample_seed
+        self._device_gen: torch.Generator | None = None
         self._cache_key: tuple[int, bool] | None = None
         self._cache: torch.Tensor | None = None
 
@@ -436,7 +438,7 @@ class Supermask(nn.Module):
             return self.hard_mask()
         p = torch.sigmoid(self.scores / self.temperature)
         with torch.no_grad():
-            sample = (torch.rand(p.shape, generator=self._gen) < p).to(p.dtype)
+            sample = (torch.rand(p.shape, generator=self._sampler(p.device), device=p.device) < p).to(p.dtype)
         return p + (sample - p).detach()
 
     def masked(self, w: torch.Tensor) -> torch.Tensor:
@@ -447,8 +449,18 @@ class Supermask(nn.Module):
         with torch.no_grad():
             # in place where possible: each pass over all weights costs as much as a dense layer's bias step
             p = (self.scores / self.temperature).sigmoid_()
-            sample = torch.rand(p.shape, generator=self._gen).lt_(p)  # float 0/1, same draws as `rand < p`
+            # float 0/1, same draws as `rand < p`
+            sample = torch.rand(p.shape, generator=self._sampler(p.device), device=p.device).lt_(p)
         return _SampledWeight.apply(w, self.scores, sample, p, self.temperature)
+
+    def _sampler(self, device: torch.device) -> torch.Generator:
+        """The sampling stream on the scores' device: the seeded CPU generator on the CPU; on a GPU one of its own
+        seeded alike (a different stream: annealed masks on a GPU are reproducible there, not equal to the CPU's)."""
+        if device.type == "cpu":
+            return self._gen
+        if self._device_gen is None or self._device_gen.device != device:
+            self._device_gen = torch.Generator(device=device).manual_seed(self._sample_seed)
+        return self._device_gen
 
     def _apply_scale(self, w: torch.Tensor) -> torch.Tensor:
         if self.scale is None:

@@ -97,6 +97,18 @@ class TheoryConfig:
     seqlen: SeqlenExp = field(default_factory=SeqlenExp)
     warmstart: WarmstartExp = field(default_factory=WarmstartExp)
     construct: ConstructConfig = field(default_factory=ConstructConfig)
+    # Where the searched cells of the width experiment run (sltlab.runs.device; in their run ids only away from
+    # cpu / fp32). Constructed tickets are a combinatorial solver on the host, and the other experiments build on
+    # them, so they run on the CPU whatever this says.
+    device: str = "cpu"
+    precision: str = "fp32"
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        from sltlab.runs.device import check_device_name, check_precision
+
+        check_device_name(self.device, "theory.device")
+        check_precision(self.precision, "theory.precision")
 
 
 def load_config(path: str | None, sets: list[str] | None = None, seeds: list[int] | None = None) -> TheoryConfig:

@@ -48,6 +48,9 @@ def run_width(cfg: TheoryConfig, runner: Runner, out: Path) -> dict[str, Any]:
                     n_train=e.n_train,
                     n_test=e.n_test,
                     search=SearchConfig(steps=e.search_steps, lr=e.search_lr),
+                    device=cfg.device,
+                    precision=cfg.precision,
+                    deterministic=cfg.deterministic,
                 )
                 cells.append(study.cells()[0])
     for cell in tqdm(cells, desc="theory width", disable=not runner.progress):
