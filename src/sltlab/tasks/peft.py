@@ -1020,6 +1020,11 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("ln", "ln-fisher@0.5", "~"),
     ("ln", "ln-fisher@0.2", "~"),
     ("ln", "ln-fisher@0.1", "~"),
+    # masks over the pretrained weights (issue 13): as good as LN-only? does learning LN with the mask help?
+    # how far from full fine-tuning?
+    ("mask@0.9", "ln", "~"),
+    ("mask+ln@0.9", "mask@0.9", ">"),
+    ("full", "mask@0.9", ">="),
 )
 #: Equivalence margin of "~", in points of the main metric.
 MARGIN = 2.0
@@ -1218,11 +1223,12 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
         "",
         "| method | "
         + " | ".join(f"{t} ({main_metric(t)})" for t in tasks)
-        + " | mean over tasks | trainable pretrained scalars (+ head) | share of pretrained |",
-        "| --- |" + " ---: |" * (len(tasks) + 3),
+        + " | mean over tasks | trainable pretrained scalars (+ head) | share of pretrained | stored: floats, "
+        "mask bits (bytes) |",
+        "| --- |" + " ---: |" * (len(tasks) + 4),
     ]
     for lab in labels:
-        row, means, share, trainable = [], [], "", ""
+        row, means, share, trainable, stored = [], [], "", "", "–"
         for t in tasks:
             c = cells.get((t, lab))
             if c is None:
@@ -1233,13 +1239,16 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
             m = c.runs[0].metrics
             trainable = f"{m['trainable_body']:,}"
             share = f"{100 * m['share']:.4f}%"
+            if "stored_bytes" in m:  # runs from before issue 13 did not record it
+                bits = f", {m['mask_bits']:,} bits over {m['mask_weights']:,} weights" if m["mask_bits"] else ""
+                stored = f"{m['stored_floats']:,}{bits} ({m['stored_bytes']:,})"
         avg = _fmt(float(np.mean(means))) if len(means) == len(tasks) else "–"
-        lines.append(f"| {lab} | " + " | ".join(row) + f" | {avg} | {trainable} | {share} |")
+        lines.append(f"| {lab} | " + " | ".join(row) + f" | {avg} | {trainable} | {share} | {stored} |")
     baselines: dict[str, float] = {}
     try:
         baselines = {t: majority_baseline(t, base, data_dir) for t in tasks}
         majority = [_fmt(baselines[t]) for t in tasks]
-        lines.append("| *majority class / constant* | " + " | ".join(majority) + " | | 0 | 0% |")
+        lines.append("| *majority class / constant* | " + " | ".join(majority) + " | | 0 | 0% | 0 |")
     except SltlabError:
         pass  # no data here: the report still renders from the store alone
     lines += [
