@@ -39,7 +39,7 @@ def test_mask_starts_with_every_weight_kept_and_equals_the_pretrained_model() ->
     assert torch.equal(_eval_logits(m, batch), _eval_logits(pretrained, batch))  # bit for bit
     # the first training step's loss is the pretrained model's (same dropout draws)
     cfg = peft.PeftConfig(task="rte", method="mask", lr=1e-2, epochs=1, fraction=0.5)
-    hist = peft.train_masked(m, peft.trainable_masks(m, "mask"), batch and [batch], cfg, progress=False)
+    hist = peft.train_masked(m, peft.trainable_masks(m, "mask"), [batch], cfg, progress=False)
     ref = peft.train_masked(pretrained, peft.trainable_masks(pretrained, "ln"), [batch],
                             peft.PeftConfig(task="rte", method="ln", lr=1e-2, epochs=1), progress=False)
     assert hist[0]["loss"] == ref[0]["loss"]
@@ -82,6 +82,15 @@ def test_config_and_cli_grammar(capsys: pytest.CaptureFixture[str], tmp_path: Pa
         peft.trainable_masks(tiny_model(), "mask")
     # an ln run's config (and so its run id) is what it was before the mask methods existed
     assert peft.PeftConfig(task="rte", method="ln", lr=1e-3).record()["fraction"] is None
+    from argparse import Namespace
+
+    from sltlab.commands.peft import _methods
+
+    assert _methods(Namespace(method="mask,mask+ln,ln", fraction="0.5,0.8", mask_source=None)) == [
+        "mask@0.5", "mask@0.8", "mask+ln@0.5", "mask+ln@0.8", "ln"]
+    assert _methods(Namespace(method="mask", fraction=None, mask_source=None)) == ["mask"]
+    with pytest.raises(ConfigError, match="--mask-source"):
+        _methods(Namespace(method="mask", fraction=None, mask_source="cv"))
     rc = cli_main(["peft", "export", "nope", "--store", str(tmp_path / "s.db")])
     assert rc == 2 and "--peft" in capsys.readouterr().err
     rc = cli_main(["peft", "exprt", "x", "--peft", str(tmp_path / "o"), "--store", str(tmp_path / "s.db")])
