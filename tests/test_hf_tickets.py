@@ -184,6 +184,8 @@ def test_round_trip_bit_identical(make, tmp_path: Path) -> None:  # noqa: ANN001
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "floats.safetensors", "masks.bin", "ticket.json"]
     manifest = json.loads((out / "ticket.json").read_text())
     assert manifest["model_class"] == type(m).__name__ and manifest["init"]["seed"] == 5
+    auto = "AutoModelForSequenceClassification" if make is bert else "AutoModelForCausalLM"
+    assert manifest["auto_class"] == auto  # rebuilt with AutoModel*.from_config
     from safetensors.torch import load_file
 
     stored = load_file(out / "floats.safetensors")
