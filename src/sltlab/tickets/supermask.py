@@ -1,9 +1,21 @@
 """Supermasks as `torch.nn.utils.parametrize` parametrizations: W_eff = W_random * M(scores) * s.
 
-`apply_supermask(model, SupermaskConfig(...))` attaches one to every matching nn.Linear / nn.Embedding of any
-module (ours or a Hugging Face one), freezes everything else, and leaves trainable only the scores, the optional
-scales, the norm affine for a LayerNorm-integrated ticket, and whatever `free` names. `bake(model)` writes the masked
-weights back as plain tensors for inference.
+`apply_supermask(model, SupermaskConfig(...))` attaches one to the weight of every matching layer of any module (ours
+or a Hugging Face one), freezes everything else, and leaves trainable only the scores, the optional scales, the norm
+affine for a LayerNorm-integrated ticket, and whatever `free` names. It returns a `MaskCoverage`: masked parameters
+over all parameters, per layer kind. `bake(model)` writes the masked weights back as plain tensors for inference.
+
+Layer kinds (`MASK_RULES`, extendable with `register_mask_rule`): nn.Linear, nn.Embedding, nn.Conv1d/2d/3d and
+transformers' Conv1D (GPT-2's attention and MLP; its weight is stored transposed, [in, out], which only changes the
+fan-in that scales the initial scores: the mask is elementwise over the stored tensor whatever its layout). A
+targeted module of any other kind that holds a weight (a parameter of two or more dimensions, e.g.
+nn.MultiheadAttention's in_proj_weight) raises ConfigError naming it: a weight is never skipped silently.
+
+Tied weights (GPT-2's wte and lm_head are one Parameter): one mask per Parameter, never one per module. The first
+module that uses it (module order) owns the Supermask; the same Supermask instance is registered on every other user
+over the same `original` Parameter, so every use sees W * M with one set of scores, whose gradient sums over the uses.
+If any user is targeted, all are masked; excluding one user of a tied weight while targeting another is a ConfigError.
+An annealed mask that is tied draws one sample per scores update, so every use in a forward sees the same sample.
 
 Methods
 - edge-popup (Ramanujan et al. 2020): M keeps the top `keep` fraction of the scores, per layer or with one global
@@ -46,7 +58,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -363,6 +375,10 @@ class Supermask(nn.Module):
         self._device_gen: torch.Generator | None = None
         self._cache_key: tuple[int, bool] | None = None
         self._cache: torch.Tensor | None = None
+        # Modules whose weight this supermask parametrizes (more than one for a tied weight).
+        self.users = 1
+        self._sample_key: int | None = None
+        self._sample: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- the binary mask ------------------------------------------------------------------------------
     @property
@@ -446,11 +462,16 @@ class Supermask(nn.Module):
             return _MaskedWeight.apply(w, self.scores, self.hard_mask(), self.unfrozen)
         if not self.training:
             return w * self.hard_mask()
-        with torch.no_grad():
-            # in place where possible: each pass over all weights costs as much as a dense layer's bias step
-            p = (self.scores / self.temperature).sigmoid_()
-            # float 0/1, same draws as `rand < p`
-            sample = torch.rand(p.shape, generator=self._sampler(p.device), device=p.device).lt_(p)
+        if self.users > 1 and self._sample_key == self.scores._version and self._sample is not None:
+            sample, p = self._sample  # a tied weight: every use within one step sees the same sample
+        else:
+            with torch.no_grad():
+                # in place where possible: each pass over all weights costs as much as a dense layer's bias step
+                p = (self.scores / self.temperature).sigmoid_()
+                # float 0/1, same draws as `rand < p`
+                sample = torch.rand(p.shape, generator=self._sampler(p.device), device=p.device).lt_(p)
+            if self.users > 1:
+                self._sample_key, self._sample = self.scores._version, (sample, p)
         return _SampledWeight.apply(w, self.scores, sample, p, self.temperature)
 
     def _sampler(self, device: torch.device) -> torch.Generator:
@@ -487,23 +508,197 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+@dataclass(frozen=True)
+class MaskRule:
+    """How one layer kind carries a mask over its `weight`: its label in coverage summaries and its fan-in (the
+    number of inputs each output sums over, which scales the initial scores)."""
+
+    kind: str
+    fan_in: Callable[[tuple[int, ...]], int]
+
+
+def _fan_in_trailing(shape: tuple[int, ...]) -> int:
+    return math.prod(shape[1:]) if len(shape) > 1 else 1
+
+
+#: Layer class -> its mask rule (subclasses match too). transformers' Conv1D is matched by name in `mask_rule` so
+#: that sltlab never imports transformers for a model that has none.
+MASK_RULES: dict[type, MaskRule] = {
+    nn.Linear: MaskRule("Linear", _fan_in_trailing),
+    nn.Embedding: MaskRule("Embedding", _fan_in_trailing),
+    nn.Conv1d: MaskRule("Conv1d", _fan_in_trailing),
+    nn.Conv2d: MaskRule("Conv2d", _fan_in_trailing),
+    nn.Conv3d: MaskRule("Conv3d", _fan_in_trailing),
+}
+_HF_CONV1D = MaskRule("Conv1D", lambda shape: shape[0])  # weight [in, out]: y = x @ W + b
+
+
+def register_mask_rule(cls: type[nn.Module], rule: MaskRule) -> None:
+    """Let supermasks and IMP masks attach to the `weight` of another layer class (and its subclasses)."""
+    MASK_RULES[cls] = rule
+
+
+def mask_rule(module: nn.Module) -> MaskRule | None:
+    """The mask rule of a module's kind, or None when sltlab has none."""
+    for cls in type(module).__mro__:
+        if cls in MASK_RULES:
+            return MASK_RULES[cls]
+        if cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers."):
+            return _HF_CONV1D
+    return None
+
+
+def _holds_weight(module: nn.Module) -> str | None:
+    """The name of a parameter of two or more dimensions the module holds itself (a weight), or None."""
+    for name, p in module.named_parameters(recurse=False):
+        if p.ndim >= 2:
+            return name
+    return None
+
+
+def _original(module: nn.Module) -> nn.Parameter | None:
+    """The unparametrized weight Parameter of a parametrized module."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    return module.parametrizations.weight.original
+
+
+def maskable_groups(
+    model: nn.Module, targets: tuple[str, ...], exclude: tuple[str, ...]
+) -> list[list[tuple[str, nn.Module]]]:
+    """The weights to mask, one group per weight Parameter: its users (name, module) in module order, the first
+    being the owner (whose name names the mask). A group is chosen when any user matches `targets` and not
+    `exclude` (fnmatch over module names); its tied users come along. Weights already parametrized are skipped.
+
+    Raises ConfigError for a targeted module of a kind without a mask rule that holds a weight, for a tied weight
+    that is targeted through one user and excluded through another, and for a targeted weight tied to one that an
+    earlier call already masked."""
+    groups: dict[int, list[tuple[str, nn.Module]]] = {}
+    chosen: set[int] = set()
+    excluded: dict[int, str] = {}
+    masked_originals = {id(o): n for n, m in model.named_modules() if (o := _original(m)) is not None}
+    for name, m in model.named_modules():
+        if "parametrizations" in name.split("."):
+            continue  # the inside of an existing parametrization (its scores are not a weight)
+        targeted = _matches(name, targets) and not _matches(name, exclude)
+        rule = mask_rule(m)
+        if rule is None:
+            held = _holds_weight(m) if targeted and not is_norm(m) else None
+            if held is not None:
+                raise ConfigError(
+                    "mask.targets",
+                    f"module {name or '(the model itself)'!r} is a {type(m).__name__}, a layer kind with no mask "
+                    f"rule, and holds the weight {held!r}",
+                    f"exclude it (exclude=['{name}']), narrow targets, or register_mask_rule({type(m).__name__}, ...)",
+                )
+            continue
+        if parametrize.is_parametrized(m, "weight"):
+            continue
+        w = m.weight
+        if id(w) in masked_originals:
+            if targeted:
+                raise ConfigError(
+                    "mask.targets",
+                    f"{name!r} shares its weight with {masked_originals[id(w)]!r}, which is already masked",
+                    "mask all users of a tied weight in one call (a tied weight has one mask)",
+                )
+            continue
+        groups.setdefault(id(w), []).append((name, m))
+        if targeted:
+            chosen.add(id(w))
+        elif _matches(name, exclude):
+            excluded[id(w)] = name
+    for key in chosen & set(excluded):
+        raise ConfigError(
+            "mask.exclude",
+            f"{excluded[key]!r} is excluded but shares its weight with {groups[key][0][0]!r}, which is targeted",
+            "a tied weight has one mask: target or exclude all of its users",
+        )
+    return [users for key, users in groups.items() if key in chosen]
+
+
 def maskable_layers(
     model: nn.Module, targets: tuple[str, ...], exclude: tuple[str, ...]
 ) -> list[tuple[str, nn.Module]]:
-    """(name, module) of the Linear/Embedding layers whose names match `targets` and not `exclude` (fnmatch) and
-    whose weight is not parametrized yet: the one rule supermasks and IMP's prune masks both attach by."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(m, nn.Linear | nn.Embedding)
-        and _matches(name, targets)
-        and not _matches(name, exclude)
-        and not parametrize.is_parametrized(m, "weight")
-    ]
+    """(name, module) of the layers whose weights `maskable_groups` chooses, the owner of each tied weight only:
+    the one rule supermasks and IMP's prune masks both attach by."""
+    return [users[0] for users in maskable_groups(model, targets, exclude)]
 
 
-def _init_scores(cfg: SupermaskConfig, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    fan_in = math.prod(shape[1:]) if len(shape) > 1 else 1
+def register_weight_mask(users: Sequence[tuple[str, nn.Module]], mask: nn.Module) -> None:
+    """Parametrize the weight of every user of one (possibly tied) weight with the same `mask` module."""
+    for _, module in users:
+        parametrize.register_parametrization(module, "weight", mask, unsafe=True)
+    if isinstance(mask, Supermask):
+        mask.users = len(users)
+
+
+@dataclass(frozen=True)
+class KindCoverage:
+    """One layer kind's weights in a model: how many layers and scalars, and how many of them carry a mask."""
+
+    layers: int
+    masked_layers: int
+    weights: int
+    masked_weights: int
+
+
+@dataclass(frozen=True)
+class MaskCoverage:
+    """What carries a mask: `masked` of the model's `total` parameters (scores and scales not counted; a tied
+    weight counted once), per layer kind, and the tied weights (owner -> the other users)."""
+
+    masked: int
+    total: int
+    kinds: dict[str, KindCoverage]
+    tied: dict[str, tuple[str, ...]]
+
+    @property
+    def share(self) -> float:
+        return self.masked / max(self.total, 1)
+
+    def __str__(self) -> str:
+        parts = [
+            f"{k} {c.masked_weights:,}/{c.weights:,} ({c.masked_layers}/{c.layers} layers)"
+            for k, c in sorted(self.kinds.items())
+        ]
+        line = f"masked {self.masked:,} of {self.total:,} parameters ({100 * self.share:.1f}%): " + ", ".join(parts)
+        if self.tied:
+            line += "; tied, one mask each: " + ", ".join(f"{o} = {', '.join(u)}" for o, u in self.tied.items())
+        return line
+
+
+def mask_coverage(model: nn.Module) -> MaskCoverage:
+    """Which weights of `model` carry a weight parametrization (a supermask or an IMP prune mask), per kind."""
+    mask_params = {id(p) for m in model.modules() if isinstance(m, Supermask) for p in m.parameters()}
+    total = sum(p.numel() for p in model.parameters() if id(p) not in mask_params)
+    seen: dict[int, str] = {}
+    tied: dict[str, list[str]] = {}
+    acc: dict[str, list[int]] = {}
+    for name, m in model.named_modules():
+        rule = mask_rule(m)
+        if rule is None:
+            continue
+        orig = _original(m)
+        w = orig if orig is not None else m.weight
+        if id(w) in seen:
+            tied.setdefault(seen[id(w)], []).append(name)
+            continue
+        seen[id(w)] = name
+        a = acc.setdefault(rule.kind, [0, 0, 0, 0])
+        a[0] += 1
+        a[2] += w.numel()
+        if orig is not None:
+            a[1] += 1
+            a[3] += w.numel()
+    kinds = {k: KindCoverage(*v) for k, v in acc.items()}
+    return MaskCoverage(sum(c.masked_weights for c in kinds.values()), total, kinds,
+                        {k: tuple(v) for k, v in tied.items()})
+
+
+def _init_scores(cfg: SupermaskConfig, name: str, shape: tuple[int, ...], fan_in: int | None = None) -> torch.Tensor:
+    if fan_in is None:
+        fan_in = _fan_in_trailing(shape)
     bound = 1.0 / math.sqrt(fan_in)
     s = seeded_uniform(cfg.seed, name, shape, "scores", -bound, bound)
     if cfg.method == "annealed":
@@ -513,23 +708,27 @@ def _init_scores(cfg: SupermaskConfig, name: str, shape: tuple[int, ...]) -> tor
     return s
 
 
-def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> nn.Module:
-    """Attach supermasks to the Linear/Embedding layers of `model` whose names match cfg.targets (fnmatch),
-    minus cfg.exclude. Freezes every parameter, then frees scores, scales, norm affine (cfg.train_norm) and the
-    parameters whose names match cfg.free. Modifies and returns `model`."""
+def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> MaskCoverage:
+    """Attach supermasks to the weights of the layers of `model` whose names match cfg.targets (fnmatch), minus
+    cfg.exclude; one mask per tied weight. Freezes every parameter, then frees scores, scales, norm affine
+    (cfg.train_norm) and the parameters whose names match cfg.free. Modifies `model` in place and returns its
+    coverage (masked / all parameters, per layer kind)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    chosen = maskable_layers(model, cfg.targets, cfg.exclude)
-    if not chosen:
-        raise ConfigError("mask.targets", f"no Linear or Embedding layer matches {list(cfg.targets)}",
+    groups = maskable_groups(model, cfg.targets, cfg.exclude)
+    if not groups:
+        raise ConfigError("mask.targets", f"no maskable layer (Linear, Embedding, Conv) matches {list(cfg.targets)}",
                           "fnmatch patterns over module names, e.g. '*attn*' or 'stack.blocks.*'")
     coat_keeps = cfg.resolved_coat_keeps() if cfg.coats > 1 else ()
     shared = (GlobalThreshold(cfg.keep, coat_keeps) if cfg.scope == "global" and cfg.method == "edge-popup"
               else None)
-    for i, (name, module) in enumerate(chosen):
+    for i, users in enumerate(groups):
+        name, module = users[0]
         w = module.weight
         heads = getattr(module, "_sltlab_heads", None)
-        scores = _init_scores(cfg, canonical_name(name), tuple(w.shape))
+        rule = mask_rule(module)
+        assert rule is not None
+        scores = _init_scores(cfg, canonical_name(name), tuple(w.shape), rule.fan_in(tuple(w.shape)))
         frozen = None
         if cfg.frozen_pruned > 0 or cfg.frozen_kept > 0:
             frozen = frozen_pattern(cfg.frozen_seed, canonical_name(name), tuple(w.shape), cfg.frozen_pruned,
@@ -540,7 +739,7 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> nn.Module:
         if shared is not None:
             sm.global_threshold = shared
             shared.members.append(sm)
-        parametrize.register_parametrization(module, "weight", sm, unsafe=True)
+        register_weight_mask(users, sm)
         module.parametrizations.weight.original.requires_grad_(False)
     for module in model.modules():
         if cfg.train_norm and is_norm(module):
@@ -550,16 +749,39 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> nn.Module:
         for name, p in model.named_parameters():
             if _matches(canonical_name(name), cfg.free):
                 p.requires_grad_(True)
-    return model
+    # Recorded so that a Hugging Face ticket (sltlab.tickets.hf.save_ticket) can rebuild the same masks.
+    model._sltlab_supermask = cfg
+    return mask_coverage(model)
+
+
+@torch.no_grad()
+def set_keep(model: nn.Module, keep: float) -> None:
+    """Change the kept fraction of every edge-popup supermask of `model` (a density schedule), invalidating the
+    cached thresholds and masks. Plain single-coat masks only."""
+    if not (0.0 < keep <= 1.0):
+        raise ConfigError("mask.keep", f"kept fraction {keep} is outside (0, 1]", "a number in (0, 1]")
+    for sm in supermasks(model).values():
+        if sm.method != "edge-popup" or not sm.is_plain:
+            raise ConfigError("mask.keep", "a density schedule needs plain edge-popup masks", "method = 'edge-popup'")
+        sm.keep = keep
+        sm.coat_keeps = (keep,)
+        sm._cache_key = None
+        if sm.global_threshold is not None:
+            sm.global_threshold.keep = keep
+            sm.global_threshold.coat_keeps = (keep,)
+            sm.global_threshold._key = sm.global_threshold._values_key = None
 
 
 def weight_parametrizations(model: nn.Module, kind: type[P]) -> dict[str, P]:
-    """Module name -> its weight parametrization of type `kind` (Supermask, IMP's PruneMask), in module order."""
+    """Module name -> its weight parametrization of type `kind` (Supermask, IMP's PruneMask), in module order; a
+    tied weight's appears once, under its owner's name."""
     out: dict[str, P] = {}
+    seen: set[int] = set()
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
             for p in module.parametrizations.weight:
-                if isinstance(p, kind):
+                if isinstance(p, kind) and id(p) not in seen:  # a tied weight's mask is listed once, by its owner
+                    seen.add(id(p))
                     out[name] = p
     return out
 
@@ -604,9 +826,32 @@ def bake(model: nn.Module) -> nn.Module:
     """Replace every supermask parametrization by its plain masked (and scaled) weight, in place, for inference."""
     was_training = model.training
     model.eval()
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            module.weight.requires_grad_(False)
+    remove_weight_parametrizations(model)
     model.train(was_training)
     return model
+
+
+@torch.no_grad()
+def remove_weight_parametrizations(model: nn.Module, freeze: bool = True) -> None:
+    """Write every parametrized weight as a plain tensor (frozen if `freeze`) and drop the parametrizations, in
+    place. A tied
+    weight stays tied: its other users are unhooked first (so the mask is applied once, not once per user) and end
+    up holding the owner's Parameter."""
+    owners: dict[int, nn.Module] = {}
+    followers: list[tuple[nn.Module, int]] = []
+    for module in list(model.modules()):
+        orig = _original(module)
+        if orig is None:
+            continue
+        if id(orig) in owners:
+            followers.append((module, id(orig)))
+        else:
+            owners[id(orig)] = module
+    for module, _ in followers:
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    for module in owners.values():
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        if freeze:
+            module.weight.requires_grad_(False)
+    for module, key in followers:
+        module.weight = owners[key].weight
