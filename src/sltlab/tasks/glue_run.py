@@ -486,6 +486,7 @@ def run_cell(
             dev_n=len(next(iter(data.dev.values()))),
             train_n=len(data.train),
             vocab_size=data.encoder.vocab_size,
+            vocab_sha256=data.encoder.vocab_sha256,  # names the exact vocabulary the run encoded its text with
         )
         timings = {
             "data_s": t1 - t0,
