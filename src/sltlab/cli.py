@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+from typing import NoReturn
 
 from sltlab.errors import SltlabError
 
@@ -19,10 +21,16 @@ Run `sltlab COMMAND --help` for the details of each command.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (argparse prints the whole usage first,
+    which buries the message); the subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     import sltlab.commands as commands
@@ -40,15 +48,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return code
     except SltlabError as err:
         if args.debug:
             raise
-        print(f"sltlab: error: {err}", file=sys.stderr)
+        print("sltlab: error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("sltlab: interrupted; finished runs are kept in the store", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sltlab runs list | head`): stop quietly, like a tool killed by SIGPIPE. Python would
+        # otherwise complain again when it flushes stdout at exit, so stdout is pointed at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

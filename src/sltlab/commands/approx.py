@@ -47,6 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.analysis.approx_summary import summarise
+    from sltlab.runs.outputs import check_output_dir
     from sltlab.runs.store import Store
     from sltlab.tasks.approx import KIND, load_study, run_study
 
@@ -59,6 +60,7 @@ def main(args: argparse.Namespace) -> int:
     if args.out:
         overrides["out_dir"] = args.out
     study = dataclasses.replace(study, **overrides)
+    check_output_dir("--out" if args.out else "study.out_dir", study.out_dir)  # before the sweep, not after it
     cells = study.cells()
     print(f"approx '{study.name}': {len(cells)} cells -> {study.store}")
     ids = run_study(study, progress=not args.quiet)

@@ -73,7 +73,9 @@ def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
 
 
 def handler(args: argparse.Namespace) -> int:
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", f"{args.threads} must be at least 1", "an integer >= 1, or omit it")
         torch.set_num_threads(args.threads)
     sweep = build_sweep(args)
     cells = sweep.cells()
@@ -124,7 +126,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", help="folder holding glue/ (default: $SLTLAB_DATA, ./data, ../shared/data)")
     p.add_argument("--store", default="runs/sltlab.db", help="results store (default runs/sltlab.db)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--dry-run", action="store_true", help="list the cells and stop")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=handler)

@@ -123,8 +123,14 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
 def handler(args: argparse.Namespace) -> int:
     from sltlab.tasks.peft import run_sweep
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", f"{args.threads} must be at least 1", "an integer >= 1, or omit it")
         torch.set_num_threads(args.threads)
+    if args.report:
+        from sltlab.runs.outputs import check_output_file
+
+        check_output_file("--report", args.report)
     sweep = build_sweep(args)
     shard = _shard(args.shard)
     store = Store(args.store)
@@ -175,6 +181,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", help="I/N: run only every N-th task starting at I (parallel processes)")
     p.add_argument("--report", help="write the Markdown report of the sweep's runs to this file")
     p.add_argument("--no-run", action="store_true", help="do not train; only --report from the store")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler, command_line=None)

@@ -13,10 +13,10 @@ skips finished cells; CSV and PNG files go to --out-dir (default runs/theory).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from sltlab.errors import ConfigError
+from sltlab.runs.outputs import check_output_dir
 from sltlab.runs.store import Store, atomic_write_text
 from sltlab.tasks.theory import EXPERIMENTS, RUNNERS
 from sltlab.tasks.theory.angular import run_angular
@@ -97,7 +97,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.experiment not in (*EXPERIMENTS, "all"):
         raise ConfigError("experiment", f"unknown experiment {args.experiment!r}", " | ".join((*EXPERIMENTS, "all")))
     cfg = load_config(args.config)
-    out = Path(args.out_dir)
+    out = check_output_dir("--out-dir", args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     with Store(args.store) as store:

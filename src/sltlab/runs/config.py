@@ -6,6 +6,7 @@ Errors name the dotted field (`study.search.lr`) and what it accepts, so a user 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -79,6 +80,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(where, f"got {value!r}", "an integer")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            # TOML spells nan and inf; no setting means them, and NaN slips past every `x <= 0` check after this.
+            if not math.isfinite(value):
+                raise ConfigError(where, f"got {value!r}", "a finite number")
             return float(value)
         raise ConfigError(where, f"got {value!r}", "a number")
     if tp is str:
@@ -110,12 +114,22 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a missing or malformed file gives one clear ConfigError line."""
+    from sltlab.errors import DataError
+    from sltlab.paths import read_utf8
+
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("config", f"{str(p)!r} is a directory, not a file",
+                          "a path to a .toml config, e.g. configs/approx_quick.toml")
     if not p.is_file():
         raise ConfigError("config", f"file {str(p)!r} does not exist",
                           "a path to a .toml config, e.g. configs/approx_quick.toml")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = read_utf8(p)
+    except DataError as err:
+        raise ConfigError("config", str(err)) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("config", f"{p} is not valid TOML: {err}") from None
 
@@ -124,7 +138,9 @@ def check_range(
     field: str, value: float, lo: float | None = None, hi: float | None = None,
     *, lo_open: bool = False, hi_open: bool = False,
 ) -> None:
-    """Raise ConfigError unless lo <(=) value <(=) hi."""
+    """Raise ConfigError unless lo <(=) value <(=) hi (NaN and infinities never pass)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(field, f"{value!r} is not a finite number", "a finite number")
     bad = (
         (lo is not None and (value <= lo if lo_open else value < lo))
         or (hi is not None and (value >= hi if hi_open else value > hi))

@@ -96,6 +96,8 @@ class Store:
 
     def __init__(self, path: str | os.PathLike = "runs/sltlab.db"):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise StoreError(f"store {self.path} is a directory, not a SQLite file; pass e.g. {self.path}/sltlab.db")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -103,6 +105,8 @@ class Store:
             self._conn.executescript(SCHEMA)
         except sqlite3.DatabaseError as err:
             raise StoreError(f"cannot open store {self.path}: {err} (is it an sltlab SQLite file?)") from None
+        except OSError as err:  # its folder cannot be made (a file stands in the way, no permission)
+            raise StoreError(f"cannot create store {self.path}: {err.strerror or err}") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -169,8 +173,11 @@ class Store:
 
     def get(self, run_id: str) -> RunRecord:
         """Look a run up by its id or a unique prefix of it."""
+        # % and _ in a prefix are characters of an id, not LIKE wildcards.
+        escaped = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         rows = self._conn.execute(
-            "SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ? ORDER BY run_id", (run_id, run_id + "%")
+            "SELECT * FROM runs WHERE run_id = ? OR run_id LIKE ? ESCAPE '\\' ORDER BY run_id",
+            (run_id, escaped + "%"),
         ).fetchall()
         exact = [r for r in rows if r[0] == run_id]
         if exact:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from sltlab.errors import ConfigError, SltlabError
+from sltlab.errors import ConfigError, DataError, SltlabError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
 from sltlab.nn.spec import ModelSpec, build_model
@@ -161,7 +161,7 @@ class GlueRunConfig:
         check_range("keep", self.keep, 0.0, 1.0, lo_open=True)
         check_range("steps", self.steps, 1)
         check_range("batch_size", self.batch_size, 1)
-        check_range("max_len", self.max_len, 4)
+        check_range("max_len", self.max_len, 4, 65536)  # beyond, the position table alone outgrows memory
         check_range("lr", self.lr, 0.0)
         check_range("affine_lr", self.affine_lr, 0.0)
         if self.affine_lr and self.method not in MASKED:
@@ -606,6 +606,8 @@ def run_sweep(
                 f"({rec.timings['total_s']:.0f}s)"
             )
             out["ran"].append(rid)
+        except DataError:
+            raise  # the data is every cell's, not this cell's: stop with the file and line instead of failing each
         except SltlabError as err:
             log(f"{rid}  FAILED: {err}")
             out["failed"].append(rid)
