@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.analysis.approx_summary import summarise
-    from sltlab.runs.outputs import check_output_dir
+    from sltlab.runs.checks import check_output_dir
     from sltlab.runs.store import Store
     from sltlab.tasks.approx import KIND, load_study, run_study
 

@@ -107,7 +107,10 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
             raise ConfigError("--seeds", f"{args.seeds} must be at least 1", "a positive integer")
         data["seeds"] = list(range(args.seeds))
     if args.lr:
-        lrs = [float(x) for x in comma_list(args.lr) or []]
+        try:
+            lrs = [float(x) for x in comma_list(args.lr) or []]
+        except ValueError:
+            raise ConfigError("--lr", f"{args.lr!r} is not a list of numbers", "e.g. 1e-4 or 1e-4,3e-4") from None
         from sltlab.tasks.peft import METHODS
 
         data["lr_grid"] = {m: lrs for m in METHODS}
@@ -128,7 +131,7 @@ def handler(args: argparse.Namespace) -> int:
             raise ConfigError("--threads", f"{args.threads} must be at least 1", "an integer >= 1, or omit it")
         torch.set_num_threads(args.threads)
     if args.report:
-        from sltlab.runs.outputs import check_output_file
+        from sltlab.runs.checks import check_output_file
 
         check_output_file("--report", args.report)
     sweep = build_sweep(args)

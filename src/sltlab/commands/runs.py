@@ -35,11 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sltlab.analysis.approx_summary import records_csv
-    from sltlab.errors import ConfigError, StoreError
-    from sltlab.runs.outputs import check_output_file
+    from sltlab.errors import ConfigError
+    from sltlab.runs.checks import check_output_file, check_store_file
     from sltlab.runs.store import Store, atomic_write_text
 
     if args.status not in STATUSES:
@@ -48,10 +46,7 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--kind", f"unknown kind {args.kind!r}", " | ".join(KINDS))
     if args.csv is not None:
         check_output_file("--csv", args.csv)
-    if Path(args.store).is_dir():
-        raise StoreError(f"--store {args.store} is a directory, not a store file; pass e.g. {args.store}/sltlab.db")
-    if not Path(args.store).is_file():
-        raise StoreError(f"no store at {args.store}; run a study first or pass --store PATH")
+    check_store_file("--store", args.store)
     status = None if args.status == "all" else args.status
     with Store(args.store) as store:
         if args.action == "show":

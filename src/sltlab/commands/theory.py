@@ -16,7 +16,7 @@ import argparse
 from typing import Any
 
 from sltlab.errors import ConfigError
-from sltlab.runs.outputs import check_output_dir
+from sltlab.runs.checks import check_output_dir
 from sltlab.runs.store import Store, atomic_write_text
 from sltlab.tasks.theory import EXPERIMENTS, RUNNERS
 from sltlab.tasks.theory.angular import run_angular
@@ -98,9 +98,9 @@ def handle(args: argparse.Namespace) -> int:
         raise ConfigError("experiment", f"unknown experiment {args.experiment!r}", " | ".join((*EXPERIMENTS, "all")))
     cfg = load_config(args.config)
     out = check_output_dir("--out-dir", args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     with Store(args.store) as store:
+        out.mkdir(parents=True, exist_ok=True)
         runner = Runner(store, progress=not args.quiet)
         for name in names:
             summary = RUNNERS[name](cfg, runner, out)

@@ -1,7 +1,8 @@
-"""Output paths checked before any work starts: a sweep that runs for an hour must not then fail to write its CSV
-because `--out` names a file, and a failed write must not leave a temporary file behind.
+"""Paths checked at the door, before any work starts: a sweep that runs for an hour must not then fail to write its
+CSV because `--out` names a file (a failed write also left a temporary file behind), and a command that only reads a
+store must not create an empty one where the user mistyped its path.
 
-Each check names the option the user wrote (`field`) and raises ConfigError; nothing is created here.
+Each check names the option the user wrote (`field`); nothing is created here.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sltlab.errors import ConfigError
+from sltlab.errors import ConfigError, StoreError
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -57,4 +58,14 @@ def check_output_file(field: str, path: str | os.PathLike) -> Path:
                               "a path in a folder you can write to")
         return p
     _check_creatable(field, p, "file")
+    return p
+
+
+def check_store_file(field: str, path: str | os.PathLike) -> Path:
+    """An existing store file, for commands that only read one (a missing path must not become a new empty store)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise StoreError(f"{field} {p} is a directory, not a store file; pass e.g. {p}/sltlab.db")
+    if not p.is_file():
+        raise StoreError(f"no store at {p} ({field}); run a study first or pass {field} PATH")
     return p
