@@ -82,6 +82,9 @@ def configs() -> dict[str, str | bytes]:
         "approx_steps_float.toml": approx(search__steps="2.5"),
         "approx_search_unknown.toml": approx(search__beta3="0.9"),
         "approx_optimizer.toml": approx(search__optimizer='"adamw2"'),
+        "approx_weight_decay.toml": approx(search__weight_decay="-0.1"),
+        "approx_warmup.toml": approx(search__warmup="-3"),
+        "approx_temperature.toml": approx(methods='["annealed"]', search__temperature_end="2.0"),
         "approx_keep_zero.toml": approx(keep="0.0"),
         "approx_keep_big.toml": approx(keep="1.5"),
         "approx_keep_nan.toml": approx(keep="nan"),
@@ -132,6 +135,10 @@ def configs() -> dict[str, str | bytes]:
         "lm_init.toml": lm(init='"zeros"'),
         "lm_init_gain_nan.toml": lm(init_gain="nan"),
         "lm_unknown.toml": lm(epochs="3"),
+        "lm_warmup.toml": lm(warmup="-1"),
+        "lm_grad_clip.toml": lm(grad_clip="-1.0"),
+        "lm_temperature.toml": lm(methods='["annealed"]', temperature_end="0.0"),
+        "lm_temperature_order.toml": lm(methods='["annealed"]', temperature_start="0.01", temperature_end="0.5"),
         "lm_steps_string.toml": lm(steps='"many"'),
         # glue sweeps
         "glue_unknown.toml": glue(foo="1"),
@@ -149,6 +156,16 @@ def configs() -> dict[str, str | bytes]:
         "theory_gain_nan.toml": "[width]\nsource_gain = nan\n",
         "theory_heads_string.toml": '[width]\nheads = "2"\n',
         "theory_gains_inf.toml": "[threshold]\ngains = [1.0, inf]\n",
+        "theory_heads_zero.toml": "[width]\nheads = 0\n",
+        "theory_heads_indivisible.toml": "[width]\nd_model = 15\nheads = 2\n",
+        "theory_widths_empty.toml": "[width]\nwidths = []\n",
+        "theory_seq_len_zero.toml": "[width]\nseq_len = 0\n",
+        "theory_gain_negative.toml": "[width]\nsource_gain = -1.0\n",
+        "theory_eps_zero.toml": "[threshold]\neps = 0.0\n",
+        "theory_blocks_zero.toml": "[angular]\nblocks = [0]\n",
+        "theory_seq_lens_zero.toml": "[seqlen]\nseq_lens = [0, 4]\n",
+        "theory_lr_negative.toml": "[warmstart]\nsearch_lrs = [-0.1]\n",
+        "theory_method.toml": '[width]\nmethods = ["magic"]\n',
         # peft
         "peft_unknown.toml": '[sweep]\ntasks = ["mrpc"]\nmethods = ["ln"]\nbogus = 1\n',
         "peft_lr_select.toml": '[sweep]\ntasks = ["mrpc"]\nmethods = ["ln"]\nlr_select = "best"\n',
@@ -181,6 +198,9 @@ CASES: list[tuple[str, str, str]] = [
     ("approx-steps-float", f"approx {C}approx_steps_float.toml", "search.steps"),
     ("approx-search-unknown-key", f"approx {C}approx_search_unknown.toml", "search.beta3"),
     ("approx-optimizer-enum", f"approx {C}approx_optimizer.toml", "optimizer"),
+    ("approx-weight-decay-negative", f"approx {C}approx_weight_decay.toml", "search.weight_decay"),
+    ("approx-warmup-negative", f"approx {C}approx_warmup.toml", "search.warmup"),
+    ("approx-temperatures-rising", f"approx {C}approx_temperature.toml", "search.temperature_end"),
     ("approx-keep-zero", f"approx {C}approx_keep_zero.toml", "study.keep"),
     ("approx-keep-above-one", f"approx {C}approx_keep_big.toml", "study.keep"),
     ("approx-keep-nan", f"approx {C}approx_keep_nan.toml", "study.keep"),
@@ -288,6 +308,13 @@ CASES: list[tuple[str, str, str]] = [
      "SST-2/train.tsv is empty"),
     ("glue-tsv-is-a-directory",
      f"glue --config {C}glue_ok.toml --data-dir {{w}}/data_tsvdir --store {{w}}/store.db", "SST-2/train.tsv"),
+    ("glue-tokenizer-file-garbage", "glue --task sst2 --set tokenizer={w}/garbage.json", "garbage.json"),
+    ("glue-tokenizer-file-missing-pad", "glue --task sst2 --set tokenizer={w}/nopad.json", "[PAD]"),
+    ("glue-set-weight-decay-negative", "glue --task sst2 --set weight_decay=-1", "weight_decay"),
+    ("glue-set-warmup-negative", "glue --task sst2 --set warmup=-5", "warmup"),
+    ("glue-set-grad-clip-nan", "glue --task sst2 --set grad_clip=nan", "grad_clip"),
+    ("glue-set-temperature-end-zero", "glue --task sst2 --method annealed --set temperature_end=0", "temperature_end"),
+    ("glue-set-imp-fraction-one", "glue --task sst2 --method imp --set imp_fraction=1.5", "imp_fraction"),
     ("glue-store-is-a-directory", f"glue --config {C}glue_ok.toml --data-dir {{w}}/data_ok --store {{w}}/adir",
      "is a directory"),
     ("glue-store-not-sqlite", f"glue --config {C}glue_ok.toml --data-dir {{w}}/data_ok --store {{w}}/notdb.db",
@@ -315,6 +342,10 @@ CASES: list[tuple[str, str, str]] = [
     ("lm-init-unknown", f"lm {C}lm_init.toml", "lm.init"),
     ("lm-init-gain-nan", f"lm {C}lm_init_gain_nan.toml", "lm.init_gain"),
     ("lm-unknown-key", f"lm {C}lm_unknown.toml", "lm.epochs"),
+    ("lm-warmup-negative", f"lm {C}lm_warmup.toml", "lm.warmup"),
+    ("lm-grad-clip-negative", f"lm {C}lm_grad_clip.toml", "lm.grad_clip"),
+    ("lm-temperature-end-zero", f"lm {C}lm_temperature.toml", "temperature_end"),
+    ("lm-temperatures-rising", f"lm {C}lm_temperature_order.toml", "temperature_end"),
     ("lm-steps-string", f"lm {C}lm_steps_string.toml", "lm.steps"),
     ("lm-flag-keep-nan", "lm --keep nan --steps 1", "lm.keep"),
     ("lm-flag-steps-zero", "lm --steps 0", "lm.steps"),
@@ -334,6 +365,16 @@ CASES: list[tuple[str, str, str]] = [
     ("theory-gain-nan", f"theory width --config {C}theory_gain_nan.toml", "theory.width.source_gain"),
     ("theory-heads-string", f"theory width --config {C}theory_heads_string.toml", "theory.width.heads"),
     ("theory-gains-inf", f"theory threshold --config {C}theory_gains_inf.toml", "theory.threshold.gains[1]"),
+    ("theory-heads-zero", f"theory width --config {C}theory_heads_zero.toml", "theory.width.heads"),
+    ("theory-heads-indivisible", f"theory width --config {C}theory_heads_indivisible.toml", "theory.width.heads"),
+    ("theory-widths-empty", f"theory width --config {C}theory_widths_empty.toml", "theory.width.widths"),
+    ("theory-seq-len-zero", f"theory width --config {C}theory_seq_len_zero.toml", "theory.width.seq_len"),
+    ("theory-gain-negative", f"theory width --config {C}theory_gain_negative.toml", "theory.width.source_gain"),
+    ("theory-eps-zero", f"theory threshold --config {C}theory_eps_zero.toml", "theory.threshold.eps"),
+    ("theory-blocks-zero", f"theory angular --config {C}theory_blocks_zero.toml", "theory.angular.blocks"),
+    ("theory-seq-lens-zero", f"theory seqlen --config {C}theory_seq_lens_zero.toml", "theory.seqlen.seq_lens"),
+    ("theory-lr-negative", f"theory warmstart --config {C}theory_lr_negative.toml", "theory.warmstart.search_lrs"),
+    ("theory-method-unknown", f"theory width --config {C}theory_method.toml", "theory.width.methods"),
     ("theory-out-dir-is-a-file", "theory width --out-dir {w}/afile", "--out-dir"),
     ("theory-store-directory", "theory width --store {w}/adir", "is a directory"),
     # --- peft
@@ -463,6 +504,10 @@ def world(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     (w / "notdb.db").write_text("this is not a database\n" * 20)
     (w / "binary.bin").write_bytes(bytes((i * 37 + 11) % 256 for i in range(4096)))
     (w / "empty.slt").write_bytes(b"")
+    (w / "garbage.json").write_text('{"not": "a tokenizer"}')
+    from tokenizers import Tokenizer, models
+
+    Tokenizer(models.WordPiece({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(str(w / "nopad.json"))
     (w / "tiny.txt").write_text("to be or not")
     (w / "short.txt").write_text("to be or not to be, that is the question\n" * 4)
     blob = _tiny_ticket(w / "ticket.slt")
@@ -472,6 +517,8 @@ def world(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     (w / "ticket_flipped.slt").write_bytes(bytes(flipped))
     header = "sentence\tlabel\n"
     _glue_data(w, "data_ok")
+    (w / "data_ok" / "tinyshakespeare").mkdir()
+    (w / "data_ok" / "tinyshakespeare" / "input.txt").write_text("First Citizen: speak, speak.\n" * 100)
     _glue_data(w, "data_notask", rm_task=True)
     _glue_data(w, "data_extra", header + "a fine film\t1\nbad\t0\textra\n")
     _glue_data(w, "data_short", header + "a fine film\t1\nbad\t0\njust words\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from sltlab.runs.config import comma_list, load_toml
 from sltlab.runs.store import Store
 from sltlab.tasks.glue import get_task, glue_root, load_split
 from sltlab.tasks.glue_run import METHODS, QUICK, GlueSweepConfig, run_sweep
+from sltlab.tasks.tokenize import load_pretrained
 
 EPILOG = """\
 examples:
@@ -76,6 +78,8 @@ def check_data(cells: list, data_dir: str | None) -> None:
     """Read every local split the sweep will use once, before the store is opened: a missing file, a bad byte or a
     malformed row is then one error naming the file and line, not a failure found hours into the sweep. (Reading is
     a few seconds even for MNLI; the cells' tokenisation and training are what cost.)"""
+    for name in sorted({c.tokenizer for c in cells if Path(c.tokenizer).suffix == ".json"}):
+        load_pretrained(name)  # a tokenizer.json file given with --set tokenizer=...: parsed now, not per cell
     seen = set()
     for c in cells:
         if c.source != "local" or c.task in seen:

@@ -119,6 +119,8 @@ class ApproxStudy:
         # A gain this large only scales the output error with it, and past ~1e9 the loss overflows float32, which
         # would then be blamed on the learning rate.
         check_range("study.source_gain", self.source_gain, 0.0, MAX_GAIN, lo_open=True)
+        for name in ("weight_decay", "warmup", "grad_clip", "momentum"):  # SearchConfig leaves these unchecked
+            check_range(f"search.{name}", getattr(self.search, name), 0)
         inputs = max(self.n_train, self.n_test) * self.seq_len * self.d_model
         if inputs > MAX_INPUT_VALUES:
             raise ConfigError("study.seq_len", f"max(n_train, n_test) x seq_len x d_model = {inputs:,} input values "

@@ -279,7 +279,10 @@ def load_pretrained(name_or_path: str) -> TextEncoder:
     if p.is_file() and p.suffix == ".json":
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(p))
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"tokenizer {p} is not a readable tokenizer.json: {err}") from None
         if tok.token_to_id("[PAD]") is None:
             raise DataError(f"tokenizer {p} has no [PAD] token; train one with sltlab or pass a HF tokenizer")
         return TextEncoder(tok, kind="tokenizers", fingerprint=hashlib.sha256(p.read_bytes()).hexdigest()[:16])
