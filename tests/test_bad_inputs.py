@@ -308,6 +308,7 @@ CASES: list[tuple[str, str, str]] = [
      "SST-2/train.tsv is empty"),
     ("glue-tsv-is-a-directory",
      f"glue --config {C}glue_ok.toml --data-dir {{w}}/data_tsvdir --store {{w}}/store.db", "SST-2/train.tsv"),
+    ("glue-tokenizer-file-missing", "glue --task sst2 --set tokenizer={w}/nope.json", "nope.json"),
     ("glue-tokenizer-file-garbage", "glue --task sst2 --set tokenizer={w}/garbage.json", "garbage.json"),
     ("glue-tokenizer-file-missing-pad", "glue --task sst2 --set tokenizer={w}/nopad.json", "[PAD]"),
     ("glue-set-weight-decay-negative", "glue --task sst2 --set weight_decay=-1", "weight_decay"),

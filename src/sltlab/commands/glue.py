@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
-from sltlab.errors import ConfigError
+from sltlab.errors import ConfigError, DataError
 from sltlab.runs.config import comma_list, load_toml
 from sltlab.runs.store import Store
 from sltlab.tasks.glue import get_task, glue_root, load_split
-from sltlab.tasks.glue_run import METHODS, QUICK, GlueSweepConfig, run_sweep
+from sltlab.tasks.glue_run import METHODS, QUICK, GlueRunConfig, GlueSweepConfig, run_sweep
 from sltlab.tasks.tokenize import load_pretrained
 
 EPILOG = """\
@@ -74,12 +74,16 @@ def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
     return GlueSweepConfig.from_dict(data)
 
 
-def check_data(cells: list, data_dir: str | None) -> None:
+def check_data(cells: list[GlueRunConfig], data_dir: str | None) -> None:
     """Read every local split the sweep will use once, before the store is opened: a missing file, a bad byte or a
     malformed row is then one error naming the file and line, not a failure found hours into the sweep. (Reading is
     a few seconds even for MNLI; the cells' tokenisation and training are what cost.)"""
     for name in sorted({c.tokenizer for c in cells if Path(c.tokenizer).suffix == ".json"}):
-        load_pretrained(name)  # a tokenizer.json file given with --set tokenizer=...: parsed now, not per cell
+        # a tokenizer.json given with --set tokenizer=...: parsed now, not per cell (and a missing one is not looked
+        # up on the Hugging Face hub as a model name)
+        if not Path(name).is_file():
+            raise DataError(f"tokenizer file {name} does not exist (set by `tokenizer`)")
+        load_pretrained(name)
     seen = set()
     for c in cells:
         if c.source != "local" or c.task in seen:
