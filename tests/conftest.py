@@ -16,3 +16,20 @@ def tiny_cfg():
     from sltlab.nn.transformer import ModelConfig
 
     return ModelConfig(d_model=16, n_heads=2, n_layers=2, vocab_size=50, max_len=16, n_outputs=3)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input suite's figure (tests/test_bad_inputs.py), printed whenever it ran."""
+    tried = clean = 0
+    for outcome in ("passed", "failed", "error"):
+        for rep in terminalreporter.stats.get(outcome, []):
+            if "test_bad_inputs.py::test_bad_input[" in getattr(rep, "nodeid", "") and (
+                rep.when == "call" or outcome == "error"
+            ):
+                tried += 1
+                clean += outcome == "passed"
+    if tried:
+        terminalreporter.write_line(
+            f"bad inputs: {tried} tried, {clean} clean (exit 2, one line naming the field or path, no traceback, "
+            "nothing written)"
+        )

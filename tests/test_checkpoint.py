@@ -50,3 +50,44 @@ def test_corruption_is_detected(tmp_path, tiny_cfg):
         load_checkpoint(tmp_path / "trunc.safetensors")
     with pytest.raises(ArtifactError, match="does not exist"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+_SAVE_IN_A_PROCESS = r"""
+import sys, torch
+from sltlab.nn.init import InitSpec
+from sltlab.nn.norm import NormSpec
+from sltlab.nn.spec import ModelSpec, build_model
+from sltlab.nn.transformer import ModelConfig
+from sltlab.tickets.checkpoint import save_checkpoint, save_round_masks
+from sltlab.tickets.supermask import SupermaskConfig, get_masks
+cfg = ModelConfig(d_model=16, n_heads=2, n_layers=2, vocab_size=50, max_len=16, n_outputs=3,
+                  norm=NormSpec.parse("pre-ln+affine"))
+spec = ModelSpec("encoder-classifier", cfg, InitSpec(seed=4), SupermaskConfig(keep=0.3, scale="head", train_norm=True))
+model = build_model(spec)
+save_checkpoint(sys.argv[1] + "/t.safetensors", model, spec, extra={"note": torch.arange(3)})
+save_round_masks(sys.argv[1] + "/r.safetensors", [get_masks(model), get_masks(model)])
+"""
+
+
+def test_checkpoint_files_are_byte_identical_across_processes(tmp_path):
+    """Equal tensors and spec give equal files, whichever process wrote them (safetensors' metadata order is not
+    fixed from one process to the next; the header is rewritten with sorted keys)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import sltlab
+
+    src = str(Path(sltlab.__file__).resolve().parents[1])
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        subprocess.run([sys.executable, "-c", _SAVE_IN_A_PROCESS, str(tmp_path / name)], check=True,
+                       env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": src})
+    for f in ("t.safetensors", "r.safetensors"):
+        blobs = {(tmp_path / n / f).read_bytes() for n in ("a", "b", "c")}
+        assert len(blobs) == 1, f
+    model, _ = load_checkpoint(tmp_path / "a" / "t.safetensors")
+    assert torch.equal(checkpoint_extras(tmp_path / "a" / "t.safetensors")["note"], torch.arange(3))
+    from sltlab.tickets.checkpoint import load_round_masks
+
+    assert len(load_round_masks(tmp_path / "a" / "r.safetensors")) == 2

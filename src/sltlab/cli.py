@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from typing import NoReturn
@@ -20,20 +21,21 @@ Run `sltlab COMMAND --help` for the details of each command.
 """
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem and where help is (exit 2)."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line like every other error (argparse prints the whole usage first,
+    which buries the message); the subcommand parsers inherit it."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sltlab import __version__
+    from sltlab.version import __version__
 
-    parser = Parser(prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="sltlab", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"sltlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     import sltlab.commands as commands
 
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -50,15 +52,23 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return code
     except SltlabError as err:
         if args.debug:
             raise
-        print(f"sltlab: error: {err}", file=sys.stderr)
+        print("sltlab: error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, always
         return 2
     except KeyboardInterrupt:
         print("sltlab: interrupted; finished runs are kept in the store", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`sltlab runs list | head`): stop quietly, like a tool killed by SIGPIPE. Python would
+        # otherwise complain again when it flushes stdout at exit, so stdout is pointed at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

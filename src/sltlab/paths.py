@@ -37,3 +37,24 @@ def data_dir(explicit: str | os.PathLike | None = None, *, required: bool = True
             "(DIR holds glue/, tinyshakespeare/, wikitext-2/)"
         )
     return None
+
+
+def read_utf8(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """A text file's contents; unreadable files and bytes that are not UTF-8 give one DataError naming the file and
+    the line (a UnicodeDecodeError alone names neither)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"{p} is a directory, not a file") from None
+    except OSError as err:
+        raise DataError(f"cannot read {p}: {err.strerror or err}") from None
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(
+            f"{p}, line {line}, column {col}: byte 0x{data[err.start]:02x} is not valid UTF-8; "
+            "save the file as UTF-8"
+        ) from None

@@ -247,12 +247,9 @@ def format_analysis(a: dict[str, Any]) -> str:
 def _handler(args: argparse.Namespace) -> int:
     if args.n_inputs < 1:
         raise ConfigError("--n-inputs", f"{args.n_inputs} must be at least 1", "an integer >= 1")
-    from pathlib import Path
+    from sltlab.runs.checks import check_store_file
 
-    from sltlab.errors import StoreError
-
-    if not Path(args.store).is_file():
-        raise StoreError(f"no store at {args.store}; pass --store PATH")
+    check_store_file("--store", args.store)
     with Store(args.store) as store:
         a = analyze_run(store, args.run_id, args.n_inputs, args.data_dir)
         if args.save:

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("approx", help="attention-approximation study: error vs source width, with/without LN",
                        description=DESCRIPTION, epilog=COMMON_HELP + "\n" + EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common(p, "TOML file of ApproxStudy fields (see configs/approx_quick.toml); default: built-in defaults")
+    add_common(p, "TOML file of ApproxStudy fields (see configs/approx_quick.toml)", config_required=True)
     p.add_argument("--out", help="folder for CSV, fits and plots (default: the config's `out_dir`)")
     p.add_argument("--variants", help="comma list overriding the norm variants, e.g. none,pre-ln")
     p.add_argument("--methods", help="comma list: edge-popup, annealed, multicoated, partially-frozen, construct")
@@ -54,7 +54,8 @@ def _ints(text: str | None, flag: str) -> list[int] | None:
 def main(args: argparse.Namespace) -> int:
     from sltlab.analysis.approx_summary import summarise
     from sltlab.commands.common import dry_run, load_config, parse_seeds, run_and_report
-    from sltlab.runs.config import comma_list, from_dict, prepare_out_dir
+    from sltlab.runs.checks import check_output_dir
+    from sltlab.runs.config import comma_list, from_dict
     from sltlab.runs.store import Store
     from sltlab.tasks.approx import KIND, ApproxStudy, study_cells
 
@@ -71,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     cells = study_cells(study)
     if args.dry_run:
         return dry_run(cells, study.store)
-    prepare_out_dir(study.out_dir, "--out")
+    check_output_dir("--out" if args.out else "study.out_dir", study.out_dir)  # before the sweep, not after
     print(f"approx '{study.name}': {len(cells)} cells -> {study.store}")
     report = run_and_report(cells, study.store, args, default_threads=study.threads)
     with Store(study.store) as store:

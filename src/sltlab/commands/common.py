@@ -89,7 +89,8 @@ def exec_options(args: argparse.Namespace, default_threads: int = 1) -> Any:
     from sltlab.runs.executor import ExecOptions
 
     opts = ExecOptions(
-        executor=args.executor, workers=args.workers, threads=args.threads or default_threads,
+        executor=args.executor, workers=args.workers,
+        threads=default_threads if args.threads is None else args.threads,
         retries=args.retries, address=args.address, progress=not args.quiet,
         track=args.track,
     )

@@ -46,10 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.errors import ArtifactError
+    from sltlab.runs.checks import check_output_file, check_store_file
     from sltlab.runs.store import Store
     from sltlab.tickets.artifact import decode_ticket, export_ticket
     from sltlab.tickets.checkpoint import load_checkpoint
 
+    check_output_file("--output", args.output)
+    check_store_file("--store", args.store)
     with Store(args.store) as store:
         rec = store.get(args.run_id)
         ckpt = store.path.parent / "artifacts" / rec.run_id / "ticket.safetensors"

@@ -4,12 +4,14 @@ cell."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from sltlab.errors import ConfigError
+from sltlab.errors import ConfigError, DataError
 from sltlab.runs.config import comma_list, load_toml
-from sltlab.tasks.glue import glue_root
-from sltlab.tasks.glue_run import METHODS, QUICK, GlueSweepConfig, glue_cells
+from sltlab.tasks.glue import get_task, glue_root, load_split
+from sltlab.tasks.glue_run import METHODS, QUICK, GlueRunConfig, GlueSweepConfig, glue_cells
+from sltlab.tasks.tokenize import load_pretrained
 
 EPILOG = """\
 examples:
@@ -65,6 +67,26 @@ def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
     return GlueSweepConfig.from_dict(data)
 
 
+def check_data(cells: list[GlueRunConfig], data_dir: str | None) -> None:
+    """Read every local split the sweep will use once, before the store is opened: a missing file, a bad byte or a
+    malformed row is then one error naming the file and line, not a failure found hours into the sweep. (Reading is
+    a few seconds even for MNLI; the cells' tokenisation and training are what cost.)"""
+    for name in sorted({c.tokenizer for c in cells if Path(c.tokenizer).suffix == ".json"}):
+        # a tokenizer.json given with --set tokenizer=...: parsed now, not per cell (and a missing one is not looked
+        # up on the Hugging Face hub as a model name)
+        if not Path(name).is_file():
+            raise DataError(f"tokenizer file {name} does not exist (set by `tokenizer`)")
+        load_pretrained(name)
+    seen = set()
+    for c in cells:
+        if c.source != "local" or c.task in seen:
+            continue
+        seen.add(c.task)
+        info = get_task(c.task)
+        for split in ("train", *info.dev_splits):
+            load_split(info.name, split, data_dir)
+
+
 def handler(args: argparse.Namespace) -> int:
     from sltlab.commands.common import dry_run, run_and_report
 
@@ -75,6 +97,7 @@ def handler(args: argparse.Namespace) -> int:
         return dry_run(cells, store)
     if not any(c.arg.cfg.source == "hf" for c in cells):
         glue_root(args.data_dir)  # a missing --data-dir / $SLTLAB_DATA is one error, not one per cell
+    check_data([c.arg.cfg for c in cells], args.data_dir)
     report = run_and_report(cells, store, args)
     print(f"(store {store}; `sltlab glue-table --store {store}` makes the table)")
     return 0 if report.ok else 1

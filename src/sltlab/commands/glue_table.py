@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sltlab.runs.checks import check_output_dir, check_store_file
 from sltlab.runs.store import RunRecord, Store, atomic_write_text
 
 METHOD_ORDER = ("dense", "edge-popup", "ln-integrated", "annealed", "imp")
@@ -135,6 +136,9 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def handler(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_dir("--out", args.out)
+    check_store_file("--store", args.store)
     with Store(args.store) as store:
         records = store.runs("glue", status="finished")
     if args.task:

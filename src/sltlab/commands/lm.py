@@ -79,6 +79,11 @@ def main(args: argparse.Namespace) -> int:
     cells = study_cells(study, args.data_dir)
     if args.dry_run:
         return dry_run(cells, study.store)
+    # The text is read here, before the store is opened and a run started: a missing or too short file is the
+    # input's fault, not a failed run's (reading it twice costs well under a second for these corpora).
+    from sltlab.tasks.text import check_length, load_corpus
+
+    check_length(load_corpus(study.dataset, args.data_dir, study.val_fraction), study.seq_len)
     print(
         f"lm '{study.name}': {study.dataset}, d={study.d_model} layers={study.n_layers} "
         f"heads={study.n_heads} "

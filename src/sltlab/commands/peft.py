@@ -122,7 +122,10 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
             raise ConfigError("--seeds", f"{args.seeds} must be at least 1", "a positive integer")
         data["seeds"] = list(range(args.seeds))
     if args.lr:
-        lrs = [float(x) for x in comma_list(args.lr) or []]
+        try:
+            lrs = [float(x) for x in comma_list(args.lr) or []]
+        except ValueError:
+            raise ConfigError("--lr", f"{args.lr!r} is not a list of numbers", "e.g. 1e-4 or 1e-4,3e-4") from None
         from sltlab.tasks.peft import METHODS
 
         data["lr_grid"] = {m: lrs for m in METHODS}
@@ -155,8 +158,14 @@ def handler(args: argparse.Namespace) -> int:
         if args.words[0] != "export":
             raise ConfigError("peft", f"unknown action {args.words[0]!r}", "sltlab peft export RUN_ID --peft DIR")
         return export_handler(args)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError("--threads", f"{args.threads} must be at least 1", "an integer >= 1, or omit it")
         torch.set_num_threads(args.threads)
+    if args.report:
+        from sltlab.runs.checks import check_output_file
+
+        check_output_file("--report", args.report)
     sweep = build_sweep(args)
     shard = _shard(args.shard)
     store = Store(args.store)
@@ -211,6 +220,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", help="I/N: run only every N-th task starting at I (parallel processes)")
     p.add_argument("--report", help="write the Markdown report of the sweep's runs to this file")
     p.add_argument("--no-run", action="store_true", help="do not train; only --report from the store")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler, command_line=None)

@@ -25,6 +25,12 @@ def _handler(args: argparse.Namespace) -> int:
         raise ConfigError("--attention-runs", f"{args.attention_runs} must be at least 1", "an integer >= 1")
     if args.n_inputs < 1:
         raise ConfigError("--n-inputs", f"{args.n_inputs} must be at least 1", "an integer >= 1")
+    from sltlab.runs.checks import check_output_dir, check_store_file
+
+    check_output_dir("--out", args.out)
+    check_store_file("--store", args.store)
+    for extra in args.also:
+        check_store_file("--also", extra)
     log = (lambda _m: None) if args.quiet else print
     res = build_report(
         args.store,

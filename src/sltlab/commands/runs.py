@@ -16,6 +16,11 @@ examples:
 """
 
 
+# What `--status` and `--kind` accept; anything else would silently list nothing.
+STATUSES = ("finished", "running", "failed", "diverged", "interrupted", "all")
+KINDS = ("approx", "glue", "lm", "peft", "theory")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list, show or export the runs in the store",
                        description="Look into the SQLite results store (one row per run, keyed by config hash).",
@@ -23,21 +28,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=["list", "show", "export"])
     p.add_argument("run_id", nargs="?", help="for show: a run id or a unique prefix")
     p.add_argument("--store", default="runs/sltlab.db", help="SQLite store (default runs/sltlab.db)")
-    p.add_argument("--kind", help="only runs of this kind (approx, glue, peft, lm, theory, ...)")
-    p.add_argument("--status", default="finished", help="finished (default), running, failed or all")
+    p.add_argument("--kind", help=f"only runs of this kind: {' | '.join(KINDS)}")
+    p.add_argument("--status", default="finished", help=f"{' | '.join(STATUSES)} (default finished)")
     p.add_argument("--csv", help="for export: write this CSV file (default: stdout)")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from sltlab.analysis.approx_summary import records_csv
-    from sltlab.errors import ConfigError, StoreError
+    from sltlab.errors import ConfigError
+    from sltlab.runs.checks import check_output_file, check_store_file
     from sltlab.runs.store import Store, atomic_write_text
 
-    if not Path(args.store).is_file():
-        raise StoreError(f"no store at {args.store}; run a study first or pass --store PATH")
+    if args.status not in STATUSES:
+        raise ConfigError("--status", f"unknown status {args.status!r}", " | ".join(STATUSES))
+    if args.kind is not None and args.kind not in KINDS:
+        raise ConfigError("--kind", f"unknown kind {args.kind!r}", " | ".join(KINDS))
+    if args.csv is not None:
+        check_output_file("--csv", args.csv)
+    check_store_file("--store", args.store)
     status = None if args.status == "all" else args.status
     with Store(args.store) as store:
         if args.action == "show":

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sltlab.errors import ConfigError
+from sltlab.runs.checks import check_output_dir
 from sltlab.runs.store import Store, atomic_write_text
 from sltlab.tasks.theory import EXPERIMENTS, RUNNERS
 from sltlab.tasks.theory.angular import run_angular
@@ -99,7 +100,6 @@ def handle(args: argparse.Namespace) -> int:
     import tempfile
 
     from sltlab.commands.common import config_path, dry_run, parse_seeds, run_and_report
-    from sltlab.runs.config import prepare_out_dir
     from sltlab.tasks.theory.runner import Collector
 
     if args.experiment not in (*EXPERIMENTS, "all"):
@@ -118,8 +118,9 @@ def handle(args: argparse.Namespace) -> int:
         collector.store.close()
     if args.dry_run:
         return dry_run(collector.cells, store_path)
-    out = prepare_out_dir(args.out_dir, "--out-dir")
+    out = check_output_dir("--out-dir", args.out_dir)
     report = run_and_report(collector.cells, store_path, args)
+    out.mkdir(parents=True, exist_ok=True)
     if not report.ok:
         print("theory: summaries need every cell; rerun the command to retry the failed ones")
         return 1

@@ -6,7 +6,7 @@ Errors name the dotted field (`study.search.lr`) and what it accepts, so a user 
 from __future__ import annotations
 
 import dataclasses
-import os
+import math
 import tomllib
 import types
 import typing
@@ -80,6 +80,9 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(where, f"got {value!r}", "an integer")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            # TOML spells nan and inf; no setting means them, and NaN slips past every `x <= 0` check after this.
+            if not math.isfinite(value):
+                raise ConfigError(where, f"got {value!r}", "a finite number")
             return float(value)
         raise ConfigError(where, f"got {value!r}", "a number")
     if tp is str:
@@ -111,12 +114,22 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML file; a missing or malformed file gives one clear ConfigError line."""
+    from sltlab.errors import DataError
+    from sltlab.paths import read_utf8
+
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("config", f"{str(p)!r} is a directory, not a file",
+                          "a path to a .toml config, e.g. configs/approx_quick.toml")
     if not p.is_file():
         raise ConfigError("config", f"file {str(p)!r} does not exist",
                           "a path to a .toml config, e.g. configs/approx_quick.toml")
     try:
-        return tomllib.loads(p.read_text(encoding="utf-8"))
+        text = read_utf8(p)
+    except DataError as err:
+        raise ConfigError("config", str(err)) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError("config", f"{p} is not valid TOML: {err}") from None
 
@@ -125,7 +138,9 @@ def check_range(
     field: str, value: float, lo: float | None = None, hi: float | None = None,
     *, lo_open: bool = False, hi_open: bool = False,
 ) -> None:
-    """Raise ConfigError unless lo <(=) value <(=) hi."""
+    """Raise ConfigError unless lo <(=) value <(=) hi (NaN and infinities never pass)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(field, f"{value!r} is not a finite number", "a finite number")
     bad = (
         (lo is not None and (value <= lo if lo_open else value < lo))
         or (hi is not None and (value >= hi if hi_open else value > hi))
@@ -143,20 +158,6 @@ def comma_list(text: str | None) -> list[str] | None:
     if text is None:
         return None
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def prepare_out_dir(path: str | Path, flag: str) -> Path:
-    """Check an output folder before any work starts: not a file, creatable, writable."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ConfigError(flag, f"{str(p)!r} is an existing file", "a folder path (it is created if missing)")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(flag, f"cannot create folder {str(p)!r}: {err.strerror}", "a writable folder") from None
-    if not os.access(p, os.W_OK):
-        raise ConfigError(flag, f"folder {str(p)!r} is not writable", "a writable folder")
-    return p
 
 
 def parse_value(text: str) -> Any:

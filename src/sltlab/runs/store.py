@@ -143,7 +143,7 @@ class Store:
     def __init__(self, path: str | os.PathLike = "runs/sltlab.db"):
         self.path = Path(path)
         if self.path.is_dir():
-            raise StoreError(f"store {self.path} is a directory; pass the SQLite file, e.g. {self.path}/sltlab.db")
+            raise StoreError(f"store {self.path} is a directory, not a SQLite file; pass e.g. {self.path}/sltlab.db")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -153,8 +153,10 @@ class Store:
             for col, typ in EXTRA_COLUMNS.items():
                 if col not in have:
                     self._conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
-        except (sqlite3.DatabaseError, OSError) as err:
+        except sqlite3.DatabaseError as err:
             raise StoreError(f"cannot open store {self.path}: {err} (is it an sltlab SQLite file?)") from None
+        except OSError as err:  # its folder cannot be made (a file stands in the way, no permission)
+            raise StoreError(f"cannot create store {self.path}: {err.strerror or err}") from None
 
     def close(self) -> None:
         self._conn.close()
@@ -329,11 +331,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (target a folder, disk full, Ctrl-C) leaves nothing behind
+        raise
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -37,6 +37,8 @@ VARIANT_ALIASES = {"ln-integrated": "pre-ln+affine", "no-ln": "none"}
 MASK_VARIANT_METHODS = ("multicoated", "partially-frozen")  # edge-popup searches with a mask variant switched on
 SEARCH_METHODS = ("edge-popup", "annealed", *MASK_VARIANT_METHODS)
 METHODS = (*SEARCH_METHODS, "construct")
+MAX_GAIN = 1e3
+MAX_INPUT_VALUES = 2**30  # float32 values of the random inputs, train or test
 
 
 def variant_norm(variant: str, field_name: str = "study.variants") -> NormSpec:
@@ -106,6 +108,10 @@ class ApproxStudy:
         for h in self.heads:
             if h < 1:
                 raise ConfigError("study.heads", f"{h} heads", "integers >= 1")
+            if self.target_width is None and self.d_model % h:
+                # d_model // h per head would make the target narrower than the d_model asked for
+                raise ConfigError("study.heads", f"d_model={self.d_model} is not divisible by {h} heads",
+                                  "divisors of d_model, or set target_width")
             tw = self.target_n_k(h)
             for i, w in enumerate(self.widths):
                 if w < tw:
@@ -119,6 +125,16 @@ class ApproxStudy:
                 raise ConfigError(f"study.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1")
         check_device_name(self.device, "study.device")
         check_precision(self.precision, "study.precision")
+        # A gain this large only scales the output error with it, and past ~1e9 the loss overflows float32, which
+        # would then be blamed on the learning rate.
+        check_range("study.source_gain", self.source_gain, 0.0, MAX_GAIN, lo_open=True)
+        for name in ("weight_decay", "warmup", "grad_clip", "momentum"):  # SearchConfig leaves these unchecked
+            check_range(f"search.{name}", getattr(self.search, name), 0)
+        inputs = max(self.n_train, self.n_test) * self.seq_len * self.d_model
+        if inputs > MAX_INPUT_VALUES:
+            raise ConfigError("study.seq_len", f"max(n_train, n_test) x seq_len x d_model = {inputs:,} input values "
+                              f"is beyond the {MAX_INPUT_VALUES:,} (4 GiB) this study holds in memory",
+                              "a smaller seq_len, n_train, n_test or d_model")
         if not self.seeds or not self.score_seeds:
             raise ConfigError("study.seeds", "needs at least one seed and one score seed")
         if "multicoated" in self.methods and self.coats < 2:

@@ -22,6 +22,7 @@ contradiction=2; QNLI/RTE entailment=0, not_entailment=1; the others are 0/1 as 
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import numpy as np
 
 from sltlab.errors import ConfigError, DataError
 from sltlab.paths import data_dir as resolve_data_dir
+from sltlab.paths import read_utf8
 
 # GLUE's longest fields (QNLI passages) exceed csv's default 128 KiB limit on some platforms.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -283,7 +285,8 @@ def _read_tsv(info: TaskInfo, path: Path, split: str, limit: int | None) -> Glue
     texts_a: list[str] = []
     texts_b: list[str] = []
     labels: list[float | int] = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    # Decoded whole first, so a byte that is not UTF-8 is reported with its line instead of a bare UnicodeDecodeError.
+    with io.StringIO(read_utf8(path, encoding="utf-8-sig"), newline="") as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         # CoLA's test file has a header (index, sentence) although its train/dev files do not.
         has_header = info.header or split.startswith("test")
@@ -307,17 +310,19 @@ def _read_tsv(info: TaskInfo, path: Path, split: str, limit: int | None) -> Glue
             raise DataError(
                 f"{path}, line 1: header has no label column {info.label_column!r} (found {header})"
             )
-        need = max([*idx, lab_idx if lab_idx is not None else -1]) + 1
+        # Every row has exactly the header's fields: a row with more is a shifted or merged line whose columns
+        # would be read as the wrong fields, one with fewer is truncated.
+        need = len(header)
         first_line = 2 if has_header else 1
         for lineno, row in enumerate(reader, start=first_line):
             if limit is not None and len(texts_a) >= limit:
                 break
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # a trailing blank line
-            if len(row) < need:
+            if len(row) != need:
                 raise DataError(
-                    f"{path}, line {lineno}: expected at least {need} tab-separated fields, "
-                    f"found {len(row)}; the file is truncated or not in the GLUE layout"
+                    f"{path}, line {lineno}: expected {need} tab-separated fields (as the {info.dir_name} layout has), "
+                    f"found {len(row)}; the file is truncated, has a stray tab, or is not in the GLUE layout"
                 )
             texts_a.append(row[idx[0]])
             if len(idx) == 2:

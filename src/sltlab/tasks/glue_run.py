@@ -176,7 +176,7 @@ class GlueRunConfig:
         check_range("keep", self.keep, 0.0, 1.0, lo_open=True)
         check_range("steps", self.steps, 1)
         check_range("batch_size", self.batch_size, 1)
-        check_range("max_len", self.max_len, 4)
+        check_range("max_len", self.max_len, 4, 65536)  # beyond, the position table alone outgrows memory
         check_range("lr", self.lr, 0.0)
         check_range("affine_lr", self.affine_lr, 0.0)
         if self.affine_lr and self.method not in MASKED:
@@ -185,6 +185,9 @@ class GlueRunConfig:
                 f"only masked methods train scores apart from other tensors, not {self.method!r}",
                 "drop affine_lr, or use lr for dense and imp",
             )
+        check_range("weight_decay", self.weight_decay, 0.0)
+        check_range("warmup", self.warmup, 0)
+        check_range("grad_clip", self.grad_clip, 0.0)
         check_range("train_limit", self.train_limit, 0)
         check_range("dev_limit", self.dev_limit, 0)
         check_range("trained_embedding_scale", self.trained_embedding_scale, 0.0, lo_open=True)
@@ -195,9 +198,15 @@ class GlueRunConfig:
                 f"an integer in [0, {self.steps}]",
             )
         InitSpec(scheme=self.init, seed=self.seed)  # type: ignore[arg-type]
-        ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff)
-        TokenizerSpec(vocab_size=self.vocab_size)
-        self.imp_config()
+        try:  # their errors name this config's fields, not the model's or tokenizer's
+            ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff)
+            TokenizerSpec(vocab_size=self.vocab_size)
+        except ConfigError as err:
+            raise ConfigError(err.field.split(".", 1)[-1], err.problem, err.accepts) from None
+        try:
+            self.imp_config()
+        except ConfigError as err:  # ImpConfig names its fields imp.X; this config calls them imp_X
+            raise ConfigError(err.field.replace("imp.", "imp_", 1), err.problem, err.accepts) from None
         SearchConfig(
             steps=self.steps,
             lr=self.lr or 1.0,
@@ -560,6 +569,7 @@ def glue_cell(arg: GlueCellArg, ctx: CellContext, data: TaskData | None = None) 
         dev_n=len(next(iter(data.dev.values()))),
         train_n=len(data.train),
         vocab_size=data.encoder.vocab_size,
+        vocab_sha256=data.encoder.vocab_sha256,  # names the exact vocabulary the run encoded its text with
     )
     timings = {
         "data_s": t1 - t0,

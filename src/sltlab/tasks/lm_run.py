@@ -47,6 +47,7 @@ from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.supermask import SupermaskConfig, mask_density, supermasks
 
 KIND = "lm"
+MAX_SEQ_LEN = 65536
 BASE_METHODS = ("dense", "edge-popup", "annealed")
 SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
 
@@ -116,6 +117,16 @@ class LMStudy:
                 "a divisor of d_model",
             )
         check_range("lm.keep", self.keep, 0.0, 1.0, lo_open=True)
+        # The position table and the attention scores grow with seq_len (squared); past this no machine holds them.
+        check_range("lm.seq_len", self.seq_len, 1, MAX_SEQ_LEN)
+        check_range("lm.init_gain", self.init_gain, 0.0, 1e3, lo_open=True)
+        check_range("lm.warmup", self.warmup, 0)
+        check_range("lm.grad_clip", self.grad_clip, 0.0)
+        try:  # the search's own checks (temperatures), now rather than when the first cell starts
+            SearchConfig(steps=self.steps, lr=1.0, temperature_start=self.temperature_start,
+                         temperature_end=self.temperature_end)
+        except ConfigError as err:
+            raise ConfigError(err.field.replace("search.", "lm.", 1), err.problem, err.accepts) from None
         check_range("lm.val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         for name in ("lr_dense", "lr_edge_popup", "lr_annealed"):
             check_range(f"lm.{name}", getattr(self, name), 0.0, lo_open=True)

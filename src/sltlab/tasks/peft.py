@@ -1093,6 +1093,8 @@ def parse_method(text: str) -> tuple[str, float | None, str]:
         fraction = float(frac) if frac else None
     except ValueError:
         raise ConfigError("methods", f"bad fraction in {text!r}", "ln-fisher@0.2") from None
+    if fraction is not None and not 0 < fraction <= 1:  # also NaN
+        raise ConfigError("methods", f"the fraction in {text!r} is outside (0, 1]", "ln-fisher@0.2")
     return method, fraction, source or "individual"
 
 

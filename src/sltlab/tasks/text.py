@@ -86,6 +86,9 @@ def load_corpus(dataset: str, data_root: str | Path | None = None, val_fraction:
             corpus = split_bytes(_read(paths[0]), val_fraction, dataset)
     else:
         p = Path(dataset).expanduser()
+        if p.is_dir():
+            raise ConfigError("dataset", f"{dataset!r} is a directory, not a text file",
+                              f"{' | '.join(CORPORA)} or the path of a text file")
         if not p.is_file():
             raise ConfigError(
                 "dataset",

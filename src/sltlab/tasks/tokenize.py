@@ -2,9 +2,14 @@
 one.
 
 Training a small WordPiece vocabulary on the task's own training text keeps the embedding table (which an SLT
-masks like any other weight) small, and needs no download. The trained tokenizer is cached as JSON under
-`$SLTLAB_CACHE` (default runs/cache)/tokenizers/<sha256 of the training text and settings>/tokenizer.json, so
-every run of a sweep reuses it and the same inputs always give the same vocabulary.
+masks like any other weight) small, and needs no download. The vocabulary is built here (`build_vocab`), not by
+`tokenizers`' WordPieceTrainer: that trainer breaks ties between equally frequent merges in hash-map order, which
+differs from process to process, so the same text gave a different vocabulary (and different GLUE scores) in every
+fresh folder. `build_vocab` is a pure function of the text and the settings: merges are chosen by count, ties by
+the pair's text. `tokenizers` then only encodes, with a WordPiece model made from that vocabulary. The trained
+tokenizer is cached as JSON under `$SLTLAB_CACHE` (default runs/cache)/tokenizers/<sha256 of the training text and
+settings>/tokenizer.json, so every run of a sweep reuses it; `TextEncoder.vocab_sha256` names the vocabulary in a
+run's metrics.
 
 Sentence pairs are encoded the usual BERT way: `[CLS] a [SEP] b [SEP]`, truncated to max_len (longest first)
 and padded with [PAD] = id 0; `attention_mask` is 1 on real tokens.
@@ -13,8 +18,10 @@ and padded with [PAD] = id 0; `attention_mask` is 1 on real tokens.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,9 @@ from sltlab.errors import ConfigError, DataError
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CACHE_ENV = "SLTLAB_CACHE"
+CONTINUE = "##"  # WordPiece's prefix of a sub-word that continues a word
+# Bumped whenever build_vocab's rule changes, so a cached tokenizer is never reused across rules.
+VOCAB_RULE = 2
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -67,6 +77,13 @@ class TextEncoder:
         if self.kind == "tokenizers":
             return int(self._tok.get_vocab_size(with_added_tokens=True))
         return int(len(self._tok))
+
+    @property
+    def vocab_sha256(self) -> str:
+        """SHA-256 of the vocabulary in id order (see `vocab_sha256`): equal hashes, equal token ids."""
+        tok = self._tok
+        vocab = tok.get_vocab(with_added_tokens=True) if self.kind == "tokenizers" else tok.get_vocab()
+        return vocab_sha256([t for t, _ in sorted(vocab.items(), key=lambda kv: (kv[1], kv[0]))])
 
     @property
     def pad_id(self) -> int:
@@ -118,7 +135,9 @@ class TextEncoder:
 def _fingerprint(texts: Iterable[str], spec: TokenizerSpec) -> str:
     h = hashlib.sha256()
     h.update(
-        json.dumps({"v": 1, "vocab": spec.vocab_size, "lower": spec.lowercase, "minf": spec.min_frequency}).encode()
+        json.dumps(
+            {"v": VOCAB_RULE, "vocab": spec.vocab_size, "lower": spec.lowercase, "minf": spec.min_frequency}
+        ).encode()
     )
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
@@ -126,17 +145,109 @@ def _fingerprint(texts: Iterable[str], spec: TokenizerSpec) -> str:
     return h.hexdigest()[:16]
 
 
-def _new_wordpiece(spec: TokenizerSpec):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+def _normaliser(spec: TokenizerSpec):
+    from tokenizers import normalizers, pre_tokenizers
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     norm = [normalizers.NFD(), normalizers.StripAccents()]
     if spec.lowercase:
         norm.insert(0, normalizers.Lowercase())
-    tok.normalizer = normalizers.Sequence(norm)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    return tok, processors
+    return normalizers.Sequence(norm), pre_tokenizers.BertPreTokenizer()
+
+
+def _merged(a: str, b: str) -> str:
+    return a + b[len(CONTINUE):]
+
+
+def build_vocab(texts: Iterable[str], spec: TokenizerSpec = TokenizerSpec()) -> list[str]:
+    """The WordPiece vocabulary of `texts` in id order: the specials, every character seen (word-initial as itself,
+    inside a word with the ## prefix), then sub-words made by merging the most frequent adjacent pair, pair counts
+    weighted by word frequency, until `vocab_size` tokens (the characters are always kept, so a text with more
+    distinct characters than that gets a larger vocabulary). A pair is merged only if it occurs at least
+    `min_frequency` times. Ties go to the pair whose text sorts first, so the result depends on nothing but the
+    text and the settings."""
+    norm, pre = _normaliser(spec)
+    words: Counter[str] = Counter()
+    for t in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(t)))
+    # Words in sorted order: the counts below do not depend on it, but every loop over them then runs the same way.
+    items = sorted(words.items())
+    symbols = [[w[0], *(CONTINUE + c for c in w[1:])] for w, _ in items]
+    freq = [n for _, n in items]
+    vocab = list(SPECIALS)
+    seen = set(vocab)
+    for tok in sorted({t for syms in symbols for t in syms}):
+        if tok not in seen:
+            vocab.append(tok)
+            seen.add(tok)
+    pairs: Counter[tuple[str, str]] = Counter()
+    where: dict[tuple[str, str], set[int]] = {}
+    for i, syms in enumerate(symbols):
+        for pair in zip(syms, syms[1:], strict=False):
+            pairs[pair] += freq[i]
+            where.setdefault(pair, set()).add(i)
+    heap = [(-n, pair) for pair, n in pairs.items()]
+    heapq.heapify(heap)
+    while len(vocab) < spec.vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pairs.get(pair, 0) != -neg:
+            continue  # a stale entry: the pair's count changed since it was pushed
+        if -neg < spec.min_frequency:
+            break
+        new = _merged(*pair)
+        touched: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            syms = symbols[i]
+            for old in zip(syms, syms[1:], strict=False):
+                pairs[old] -= freq[i]
+                touched.add(old)
+            out, j = [], 0
+            while j < len(syms):
+                if j + 1 < len(syms) and (syms[j], syms[j + 1]) == pair:
+                    out.append(new)
+                    j += 2
+                else:
+                    out.append(syms[j])
+                    j += 1
+            symbols[i] = out
+            for p2 in zip(out, out[1:], strict=False):
+                pairs[p2] += freq[i]
+                where.setdefault(p2, set()).add(i)
+                touched.add(p2)
+        pairs.pop(pair, None)
+        for p2 in sorted(touched - {pair}):
+            n = pairs.get(p2, 0)
+            if n > 0:
+                heapq.heappush(heap, (-n, p2))
+            else:
+                pairs.pop(p2, None)
+                where.pop(p2, None)
+        if new not in seen:  # two different pairs can spell the same sub-word
+            vocab.append(new)
+            seen.add(new)
+    return vocab
+
+
+def vocab_sha256(vocab: Sequence[str]) -> str:
+    """A name for a vocabulary: SHA-256 of its tokens in id order, one per line."""
+    return hashlib.sha256("\n".join(vocab).encode("utf-8")).hexdigest()
+
+
+def _wordpiece(vocab: Sequence[str], spec: TokenizerSpec):
+    """A `tokenizers` WordPiece tokenizer over `vocab` (BERT pre-tokenisation, [CLS] a [SEP] b [SEP])."""
+    from tokenizers import Tokenizer, decoders, models, processors
+
+    tok = Tokenizer(
+        models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix=CONTINUE)
+    )
+    tok.normalizer, tok.pre_tokenizer = _normaliser(spec)
+    tok.decoder = decoders.WordPiece(prefix=CONTINUE)
+    tok.add_special_tokens(list(SPECIALS))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab.index("[CLS]")), ("[SEP]", vocab.index("[SEP]"))],
+    )
+    return tok
 
 
 def train_tokenizer(
@@ -144,9 +255,9 @@ def train_tokenizer(
     spec: TokenizerSpec = TokenizerSpec(),
     cache: str | os.PathLike | None = None,
 ) -> TextEncoder:
-    """Train (or load from the cache) a WordPiece tokenizer on `texts`. The cache key hashes texts and
-    spec."""
-    from tokenizers import Tokenizer, trainers
+    """Build (or load from the cache) a WordPiece tokenizer on `texts`; the vocabulary is `build_vocab`'s. The cache
+    key hashes texts and spec."""
+    from tokenizers import Tokenizer
 
     if not texts:
         raise DataError("cannot train a tokenizer on no text")
@@ -154,20 +265,7 @@ def train_tokenizer(
     path = cache_dir(cache) / "tokenizers" / fp / "tokenizer.json"
     if path.is_file():
         return TextEncoder(Tokenizer.from_file(str(path)), kind="tokenizers", fingerprint=fp)
-    tok, processors = _new_wordpiece(spec)
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=spec.vocab_size,
-        min_frequency=spec.min_frequency,
-        special_tokens=list(SPECIALS),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
+    tok = _wordpiece(build_vocab(texts, spec), spec)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"tokenizer.json.{os.getpid()}.tmp")
     tok.save(str(tmp))
@@ -181,7 +279,10 @@ def load_pretrained(name_or_path: str) -> TextEncoder:
     if p.is_file() and p.suffix == ".json":
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_file(str(p))
+        try:
+            tok = Tokenizer.from_file(str(p))
+        except Exception as err:  # noqa: BLE001 - tokenizers raises a bare Exception on a malformed file
+            raise DataError(f"tokenizer {p} is not a readable tokenizer.json: {err}") from None
         if tok.token_to_id("[PAD]") is None:
             raise DataError(f"tokenizer {p} has no [PAD] token; train one with sltlab or pass a HF tokenizer")
         return TextEncoder(tok, kind="tokenizers", fingerprint=hashlib.sha256(p.read_bytes()).hexdigest()[:16])

@@ -536,11 +536,17 @@ def _coat_count_from_streams(spec: ModelSpec, name: str, shape: tuple[int, ...],
 def read_ticket(path: str | Path) -> TicketParts:
     """Read and decode a ticket file (nothing built)."""
     p = Path(path)
+    if p.is_dir():
+        raise ArtifactError(f"ticket {p} is a directory, not a .slt file")
     if not p.is_file():
         raise ArtifactError(
             f"ticket file {p} does not exist; create one with `sltlab export RUN_ID -o {p.name}`"
         )
-    return decode_ticket(p.read_bytes(), source=str(p))
+    try:
+        blob = p.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"cannot read ticket {p}: {err.strerror or err}") from None
+    return decode_ticket(blob, source=str(p))
 
 
 # -- rebuild ------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -16,7 +16,7 @@ from typing import Literal
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save, save_file
+from safetensors.torch import load, load_file, save
 from torch import nn
 
 from sltlab.errors import ArtifactError, ConfigError
@@ -38,6 +38,20 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted, so equal tensors and metadata give equal bytes.
+
+    safetensors writes the metadata from a hash map whose order changes from process to process, so two runs that
+    saved identical tensors wrote files that differed in bytes (and could not be compared by hash). The tensor data
+    is already laid out in a fixed order; only the header is rewritten, padded with spaces to 8 bytes as
+    safetensors pads it, and the data offsets (relative to the end of the header) stay valid."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + blob[8 + n :]
 
 
 def trained_tensors(model: nn.Module, which: Literal["trainable", "all"] = "trainable") -> dict[str, torch.Tensor]:
@@ -69,9 +83,7 @@ def save_checkpoint(
     # change this value so old files are refused instead of silently rebuilding other masks.
     meta = {"format": FORMAT, "spec": spec.to_json(), "which": which, "sha256": _digest(tensors),
             "mask_rank": MASK_RANK}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, canonical_safetensors(save(tensors, metadata=meta)))
     return path
 
 
@@ -145,7 +157,7 @@ def save_round_masks(path: str | Path, rounds: Sequence[Mapping[str, torch.Tenso
         "sha256": _digest(masks),
     }
     path = Path(path)
-    atomic_write_bytes(path, save(packed, metadata=meta))
+    atomic_write_bytes(path, canonical_safetensors(save(packed, metadata=meta)))
     return path
 
 

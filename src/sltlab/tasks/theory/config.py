@@ -4,10 +4,12 @@ changes run ids."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-from sltlab.runs.config import apply_sets, from_dict, load_toml
+from sltlab.errors import ConfigError
+from sltlab.runs.config import apply_sets, check_range, from_dict, load_toml
 from sltlab.tickets.construct import ConstructConfig
 
 DEFAULT_CONFIG = "configs/theory_quick.toml"
@@ -109,6 +111,49 @@ class TheoryConfig:
 
         check_device_name(self.device, "theory.device")
         check_precision(self.precision, "theory.precision")
+        for name in ("width", "threshold", "angular", "seqlen", "warmstart"):
+            _check_section(f"theory.{name}", getattr(self, name))
+
+
+def _check_section(prefix: str, exp: Any) -> None:
+    """Every field of one experiment, by what its name says it is, so that no cell starts (and no progress bar
+    appears) before a bad value is named: counts and sizes >= 1 (lists non-empty), seeds >= 0, gains in (0, 1000],
+    learning rates and eps > 0, floor >= 0, heads dividing the model width, known methods, variants and inits."""
+    from sltlab.nn.init import INIT_SCHEMES
+    from sltlab.tasks.approx import METHODS, variant_norm
+
+    for f in fields(exp):
+        value, where = getattr(exp, f.name), f"{prefix}.{f.name}"
+        items = value if isinstance(value, tuple) else (value,)
+        if isinstance(value, tuple) and not value:
+            raise ConfigError(where, "is empty", "a non-empty list")
+        for i, v in enumerate(items):
+            at = f"{where}[{i}]" if isinstance(value, tuple) else where
+            if f.name in ("methods",):
+                if v not in METHODS:
+                    raise ConfigError(at, f"unknown method {v!r}", " | ".join(METHODS))
+            elif "variants" in f.name:
+                variant_norm(v, at)
+            elif "init" in f.name:
+                if v not in INIT_SCHEMES:
+                    raise ConfigError(at, f"unknown scheme {v!r}", " | ".join(INIT_SCHEMES))
+            elif "seed" in f.name:
+                check_range(at, v, 0)
+            elif "gain" in f.name and f.name != "gain_d_model":
+                check_range(at, v, 0.0, 1e3, lo_open=True)
+            elif "lr" in f.name or f.name == "eps":
+                check_range(at, v, 0.0, lo_open=True)
+            elif f.name == "floor":
+                check_range(at, v, 0.0)
+            elif isinstance(v, int):
+                check_range(at, v, 1)
+    heads = getattr(exp, "heads", None)
+    for name in ("d_model", "d_models", "gain_d_model"):
+        widths = getattr(exp, name, ())
+        for d in widths if isinstance(widths, tuple) else (widths,):
+            if heads and d % heads:
+                raise ConfigError(f"{prefix}.heads", f"{name}={d} is not divisible by {heads} heads",
+                                  f"a divisor of {name}")
 
 
 def load_config(path: str | None, sets: list[str] | None = None, seeds: list[int] | None = None) -> TheoryConfig:
