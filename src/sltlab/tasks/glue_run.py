@@ -94,6 +94,11 @@ class GlueRunConfig:
     it, 75% after 300 steps at lr 1e-3 with the 0.05 scale, a std near BERT's 0.02). The masked methods keep
     the pure seeded weights: a strong ticket only selects them.
 
+    fold / mask_sharing: a folded model (sltlab.nn.transformer): `fold` stages of n_layers / fold blocks that
+    share one random block each, a mask per block ("unshared") or per stage ("shared"); dense training of a
+    folded model trains a weight-tied recurrent encoder. Left out of the run id at their defaults (None:
+    unfolded; "unshared").
+
     affine_lr: peak lr of what a masked method trains besides its scores (the LN-integrated ticket's norm
     gain/bias and scales, a trained head); 0 = the method's lr. Left out of the run id while 0, so runs made
     before the field existed keep their ids.
@@ -114,6 +119,8 @@ class GlueRunConfig:
     d_ff: int | None = None
     max_len: int = 64
     pooling: Literal["mean", "first"] = "mean"
+    fold: int | None = None
+    mask_sharing: Literal["unshared", "shared"] = "unshared"
     init: str = "kaiming-normal"
     trained_embedding_scale: float = 0.05
     # tokenizer
@@ -180,7 +187,11 @@ class GlueRunConfig:
                 f"an integer in [0, {self.steps}]",
             )
         InitSpec(scheme=self.init, seed=self.seed)  # type: ignore[arg-type]
-        ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff)
+        try:
+            ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff,
+                        fold=self.fold, mask_sharing=self.mask_sharing)
+        except ConfigError as err:
+            raise ConfigError(err.field.removeprefix("model."), err.problem, err.accepts) from None
         TokenizerSpec(vocab_size=self.vocab_size)
         self.imp_config()
         SearchConfig(
@@ -201,6 +212,12 @@ class GlueRunConfig:
         out = dataclasses.asdict(self.resolved())
         if not out["affine_lr"]:
             del out["affine_lr"]
+        # an unfolded model (fold None or n_layers) is today's model whatever the mask sharing: today's run id
+        folded = self.fold is not None and self.fold < self.n_layers
+        if not folded:
+            del out["fold"]
+        if not folded or out["mask_sharing"] == "unshared":
+            del out["mask_sharing"]
         return out
 
     @classmethod
@@ -314,6 +331,8 @@ def model_spec(cfg: GlueRunConfig, vocab_size: int, n_outputs: int) -> ModelSpec
         max_len=cfg.max_len,
         n_outputs=n_outputs,
         pooling=cfg.pooling,
+        fold=cfg.fold,
+        mask_sharing=cfg.mask_sharing,
     )
     mask = None
     if cfg.method in MASKED:

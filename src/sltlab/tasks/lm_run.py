@@ -82,6 +82,10 @@ class LMStudy:
     eval_bytes: int = 262144
     eval_batch: int = 32
     floats: Literal["float32", "float16", "bfloat16"] = "float32"
+    # A folded model (sltlab.nn.transformer): `fold` stages of n_layers / fold layers sharing one random block,
+    # a mask per layer ("unshared") or per stage ("shared"). Hashed into run ids only when set.
+    fold: int | None = None
+    mask_sharing: Literal["unshared", "shared"] = "unshared"
     device: str = "auto"
     store: str = "runs/sltlab.db"
 
@@ -116,6 +120,11 @@ class LMStudy:
                 raise ConfigError(
                     "lm.device", f"unknown device {self.device!r}", "auto | cpu | cuda | cuda:N"
                 ) from None
+        try:
+            ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, fold=self.fold,
+                        mask_sharing=self.mask_sharing)
+        except ConfigError as err:
+            raise ConfigError(err.field.replace("model.", "lm.", 1), err.problem, err.accepts) from None
         if self.floats not in ("float32", "float16", "bfloat16"):
             raise ConfigError(
                 "lm.floats", f"unknown float format {self.floats!r}", "float32 | float16 | bfloat16"
@@ -185,6 +194,11 @@ class LMRun:
             cfg["keep"] = s.keep
         if self.method == "annealed":
             cfg.update(temperature_start=s.temperature_start, temperature_end=s.temperature_end)
+        # only a folded model (fewer stages than layers) carries these, so every other cell keeps its run id
+        if s.fold is not None and s.fold < s.n_layers:
+            cfg["fold"] = s.fold
+            if s.mask_sharing != "unshared":
+                cfg["mask_sharing"] = s.mask_sharing
         return cfg
 
     def spec(self) -> ModelSpec:
@@ -199,6 +213,8 @@ class LMRun:
             residual_scales=self.scales,
             vocab_size=VOCAB,
             max_len=s.seq_len,
+            fold=s.fold,
+            mask_sharing=s.mask_sharing,
         )
         density = s.keep if s.init == "scaled-signed-constant" and self.method != "dense" else 1.0
         scheme: Any = s.init
