@@ -280,3 +280,11 @@ def test_bad_folding_values_in_the_studies(tmp_path, capsys):
     assert cli_main(["lm", str(bad), "--store", str(tmp_path / "s.db")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "lm.fold" in err and "one of [1, 2, 4]" in err
+
+
+def test_lm_counts_a_folded_models_weights_once():
+    from sltlab.tasks.lm_run import count_weights
+
+    one, unfolded = build_model(spec_of("causal-lm", 1)), build_model(spec_of("causal-lm", None))
+    block = 12 * 16 * 16  # q, k, v, o (16x16 each) and the 16x64, 64x16 MLP
+    assert count_weights(unfolded) - count_weights(one) == 3 * block

@@ -24,6 +24,7 @@ examples:
   sltlab lm --dataset wikitext-2 --methods dense edge-popup --steps 200 --n-layers 2
   sltlab lm --dataset my_corpus.txt --norm pre-rms --keep 0.3
   sltlab lm configs/lm_full.toml --store runs/lm_full.db     # GPU-sized; see docs/results/lm.md
+  sltlab lm configs/lm_fold.toml --mask-sharing shared      # one random block at every depth; docs/results/fold.md
 """
 
 _FLAGS = (
@@ -42,6 +43,8 @@ _FLAGS = (
     ("eval_bytes", int),
     ("floats", str),
     ("device", str),
+    ("fold", int),
+    ("mask_sharing", str),
 )
 
 

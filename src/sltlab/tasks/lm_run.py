@@ -248,8 +248,10 @@ class LMRun:
 
 
 def count_weights(model: nn.Module) -> int:
-    """Elements of the base network (seeded weights, norms, scales), not supermask scores."""
-    return sum(t.numel() for k, t in model.state_dict().items() if not k.endswith(".scores"))
+    """Elements of the base network (seeded weights, norms, scales), not supermask scores; a tensor shared by
+    several layers (a folded model) counts once."""
+    seen = {(t.data_ptr(), t.shape): t.numel() for k, t in model.state_dict().items() if not k.endswith(".scores")}
+    return sum(seen.values())
 
 
 def run_cell(
