@@ -3,8 +3,9 @@
 For each case a ticket of a byte-level causal LM (random masks over seeded weights: memory does not depend on
 which mask was found) is exported to a temporary .slt file; then a *fresh* Python process imports torch and
 sltlab, notes its resident set size (RSS), loads the ticket (`sltlab.load_ticket`: weights regenerated from the
-seed, masks decoded and fixed) and runs one forward pass, and reports its peak RSS (`resource.getrusage`
-ru_maxrss, the kernel's high-water mark) minus the RSS before loading. tracemalloc cannot be used: torch's CPU
+seed, masks decoded and fixed) and runs one forward pass, and reports its peak RSS (VmHWM in /proc/self/status,
+the kernel's high-water mark of that process; not getrusage's ru_maxrss, which Linux carries over from the
+parent at fork) minus the RSS before loading. tracemalloc cannot be used: torch's CPU
 tensors are not allocated through Python's allocator. Beside the measured peak, the page lists what the loaded
 model holds, counted from its tensors (each storage once): random weights, supermask scores (float32, one per
 mask; a loaded ticket keeps its masks in them), and the cached float masks edge-popup keeps for the forward.
@@ -19,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -47,9 +47,12 @@ def make_spec(d_model: int, layers: int, fold: int | None, sharing: str, masked:
     return ModelSpec("causal-lm", cfg, InitSpec(seed=0), SupermaskConfig(keep=0.5, seed=1) if masked else None)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """VmRSS (resident now) or VmHWM (resident high-water mark) of this process, from /proc/self/status."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field}: this benchmark needs Linux")
 
 
 def measure(path: str, batch: int, seq: int) -> dict[str, float]:
@@ -61,7 +64,7 @@ def measure(path: str, batch: int, seq: int) -> dict[str, float]:
     from sltlab.tickets.supermask import supermasks
 
     torch.set_num_threads(1)
-    before = _rss_bytes()
+    before = _status_bytes("VmRSS")
     t0 = time.perf_counter()
     model = load_ticket(path)
     t1 = time.perf_counter()
@@ -69,7 +72,10 @@ def measure(path: str, batch: int, seq: int) -> dict[str, float]:
     with torch.no_grad():
         model(x)
     t2 = time.perf_counter()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    # Not getrusage's ru_maxrss: Linux carries the parent's high-water mark into a forked child (the parent here
+    # grows with every export), so every case would report at least the parent's peak. VmHWM belongs to this
+    # process's own address space, fresh at exec.
+    peak = _status_bytes("VmHWM")
     storages: dict[int, tuple[str, int]] = {}
     for name, p in model.named_parameters():
         kind = "scores" if name.endswith("scores") else "weights" if p.ndim >= 2 else "other"
@@ -145,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Machine: {machine()}. Command: `{cmd}`.\n\n"
         f"A byte-level causal LM, d={args.d_model}, {args.layers} layers, 4 heads, vocabulary 256; masks at density "
         f"0.5 on every linear and embedding layer. Each case is loaded in a fresh process (`load_ticket`, then one "
-        f"forward of batch {args.batch} x {args.seq}); the peak is ru_maxrss minus the RSS after imports. The "
+        f"forward of batch {args.batch} x {args.seq}); the peak is VmHWM minus the RSS after imports. The "
         "other columns count the loaded model's tensors (each storage once).\n\n" + head + body
     )
     atomic_write_text(Path(args.out), page)
