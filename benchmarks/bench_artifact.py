@@ -23,11 +23,11 @@ import torch
 
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.store import atomic_write_text
 from sltlab.tasks.lm_run import LMStudy, run_cell
 from sltlab.tickets.artifact import binary_entropy, decode_ticket, export_ticket, load_ticket, probe_output
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks
 
 

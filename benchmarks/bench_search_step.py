@@ -37,8 +37,8 @@ def one_mode(mode: str, steps: int, threads: int) -> dict:
 
     from sltlab.nn.init import InitSpec
     from sltlab.nn.norm import NormSpec
-    from sltlab.nn.spec import ModelSpec, build_model
     from sltlab.nn.transformer import ModelConfig
+    from sltlab.tickets.spec import ModelSpec, build_model
     from sltlab.tickets.supermask import SupermaskConfig
 
     torch.set_num_threads(threads)

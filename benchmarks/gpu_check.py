@@ -94,9 +94,9 @@ def section_step(args: argparse.Namespace, device: Any) -> dict[str, Any]:
 
     from sltlab.nn.init import InitSpec
     from sltlab.nn.norm import NormSpec
-    from sltlab.nn.spec import ModelSpec, build_model
     from sltlab.nn.transformer import ModelConfig
     from sltlab.tickets.search import SearchConfig, run_search
+    from sltlab.tickets.spec import ModelSpec, build_model
     from sltlab.tickets.supermask import SupermaskConfig
 
     if args.tiny:

@@ -22,9 +22,9 @@ from sltlab.analysis.masks import (
 )
 from sltlab.errors import ArtifactError, ConfigError
 from sltlab.nn.init import InitSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.tickets.checkpoint import save_checkpoint
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks
 
 

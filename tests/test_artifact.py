@@ -18,10 +18,10 @@ from sltlab.cli import main as cli_main
 from sltlab.errors import ArtifactError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.store import Store
 from sltlab.tickets.checkpoint import save_checkpoint
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks
 
 GOLF_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")

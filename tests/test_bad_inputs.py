@@ -469,9 +469,9 @@ def _glue_data(root: Path, name: str, train: str | bytes | None = None, rm_task:
 
 def _tiny_ticket(path: Path) -> bytes:
     from sltlab.nn.init import InitSpec
-    from sltlab.nn.spec import ModelSpec, build_model
     from sltlab.nn.transformer import ModelConfig
     from sltlab.tickets.artifact import export_ticket
+    from sltlab.tickets.spec import ModelSpec, build_model
     from sltlab.tickets.supermask import SupermaskConfig
 
     spec = ModelSpec("encoder-classifier", ModelConfig(d_model=8, n_heads=2, n_layers=1, vocab_size=20, max_len=8),
@@ -481,9 +481,9 @@ def _tiny_ticket(path: Path) -> bytes:
 
 def _checkpoint(path: Path) -> bytes:
     from sltlab.nn.init import InitSpec
-    from sltlab.nn.spec import ModelSpec, build_model
     from sltlab.nn.transformer import ModelConfig
     from sltlab.tickets.checkpoint import save_checkpoint
+    from sltlab.tickets.spec import ModelSpec, build_model
     from sltlab.tickets.supermask import SupermaskConfig
 
     spec = ModelSpec("encoder-classifier", ModelConfig(d_model=8, n_heads=2, n_layers=1, vocab_size=20, max_len=8),

@@ -4,8 +4,8 @@ import torch
 from sltlab.errors import ArtifactError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.tickets.checkpoint import checkpoint_extras, load_checkpoint, save_checkpoint
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks
 
 
@@ -56,7 +56,7 @@ _SAVE_IN_A_PROCESS = r"""
 import sys, torch
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.tickets.checkpoint import save_checkpoint, save_round_masks
 from sltlab.tickets.supermask import SupermaskConfig, get_masks

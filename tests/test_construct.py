@@ -167,9 +167,9 @@ def test_small_init_scale_warns_and_stays_far() -> None:
 
 
 def test_warm_start_runs_search_from_constructed_ticket() -> None:
-    from sltlab.nn.spec import build_model
     from sltlab.tasks.approx import evaluate_pair, forward_out, random_inputs
     from sltlab.tickets.search import SearchConfig
+    from sltlab.tickets.spec import build_model
 
     study = _study(widths=(80,), search=SearchConfig(steps=15, lr=0.01), scale="none")
     run = study.cells()[0]

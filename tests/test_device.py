@@ -337,9 +337,9 @@ def test_no_host_sync_between_log_steps() -> None:
     import warnings
 
     from sltlab.nn.init import InitSpec
-    from sltlab.nn.spec import ModelSpec, build_model
     from sltlab.nn.transformer import ModelConfig
     from sltlab.tickets.search import SearchConfig
+    from sltlab.tickets.spec import ModelSpec, build_model
     from sltlab.tickets.supermask import SupermaskConfig
 
     cfg = ModelConfig(d_model=32, n_heads=2, n_layers=1, vocab_size=50, max_len=16, n_outputs=2)

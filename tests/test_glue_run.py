@@ -170,9 +170,9 @@ def test_imp_saves_every_round_mask(tmp_path, glue_dir, sst_data):
     assert all(torch.equal(rounds[-1][k], final[k]) and rounds[-1][k].dtype == torch.bool for k in final)
     # every prunable weight (each Linear / Embedding of the model) has a mask
     with torch.no_grad():
-        from sltlab.nn.spec import build_model
         from sltlab.tasks.glue_run import model_spec
         from sltlab.tickets.imp import attach_prune_masks
+        from sltlab.tickets.spec import build_model
 
         fresh = build_model(model_spec(cfg, sst_data.encoder.vocab_size, 2))
         attach_prune_masks(fresh, cfg.imp_config())
@@ -221,8 +221,8 @@ def test_stsb_regression_cell(tmp_path, glue_dir):
 
 
 def test_head_option_and_norm_affine_in_spec():
-    from sltlab.nn.spec import build_model
     from sltlab.tasks.glue_run import model_spec
+    from sltlab.tickets.spec import build_model
 
     masked = build_model(model_spec(GlueRunConfig(method="edge-popup", **TINY), 60, 2))
     trained = build_model(model_spec(GlueRunConfig(method="edge-popup", head="trained", **TINY), 60, 2))

@@ -8,7 +8,6 @@ from torch import nn
 
 from sltlab.errors import ConfigError
 from sltlab.nn.init import InitSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.tickets.imp import (
     ImpConfig,
@@ -22,6 +21,7 @@ from sltlab.tickets.imp import (
     sparsity,
 )
 from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.spec import ModelSpec, build_model
 
 
 def _model() -> nn.Module:

@@ -19,11 +19,11 @@ import sltlab.tickets.artifact as art
 from sltlab.errors import ArtifactError, ConfigError
 from sltlab.nn.init import InitSpec, init_model
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.runs.store import make_run_id
 from sltlab.tasks.approx import ApproxStudy, run_cell
 from sltlab.tickets.checkpoint import load_checkpoint, save_checkpoint
 from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import (
     VARIANT_DEFAULTS,
     Supermask,

@@ -6,8 +6,8 @@ import torch
 from sltlab.errors import ConfigError
 from sltlab.nn.init import InitSpec, init_model, seeded_tensor
 from sltlab.nn.norm import NormSpec, RMSNorm
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import EncoderClassifier, ModelConfig, MultiHeadAttention
+from sltlab.tickets.spec import ModelSpec, build_model
 
 NORMS = ["none", "pre-ln", "post-ln", "pre-rms", "post-rms", "pre-ln+affine"]
 

@@ -18,13 +18,13 @@ from sltlab.cli import main
 from sltlab.errors import StoreError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.report import build_report, consistency_groups
 from sltlab.runs.store import Store
 from sltlab.tasks.approx import ApproxStudy, run_cell
 from sltlab.tickets.checkpoint import save_checkpoint
 from sltlab.tickets.search import SearchConfig
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig
 
 PNG = b"\x89PNG\r\n\x1a\n"

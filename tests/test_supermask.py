@@ -5,8 +5,8 @@ from torch import nn
 from sltlab.errors import ConfigError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import (
     SupermaskConfig,
     apply_supermask,

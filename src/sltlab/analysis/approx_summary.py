@@ -30,12 +30,20 @@ def records_csv(records: list[RunRecord]) -> str:
     return buf.getvalue()
 
 
+def method_label(config: dict[str, Any]) -> str:
+    """The method, plus the source's folding when it is folded: folded and unfolded cells never share a group."""
+    label = str(config["method"])
+    if "fold" in config:
+        label += f" fold={config['fold']}" + (f" {config['mask_sharing']}" if "mask_sharing" in config else "")
+    return label
+
+
 def group(records: list[RunRecord], metric: str = "rel_error") -> dict[GroupKey, dict[int, list[float]]]:
     """(heads, method, variant) -> width -> errors over seeds and score seeds."""
     out: dict[GroupKey, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         c = r.config
-        out[(int(c["n_heads"]), str(c["method"]), str(c["variant"]))][int(c["width"])].append(float(r.metrics[metric]))
+        out[(int(c["n_heads"]), method_label(c), str(c["variant"]))][int(c["width"])].append(float(r.metrics[metric]))
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
@@ -111,7 +119,7 @@ def plot_per_block(records: list[RunRecord], path: Path, title: str) -> bool:
     by_variant: dict[str, list[list[float]]] = defaultdict(list)
     for r in stacks:
         if int(r.config["width"]) == wmax:
-            by_variant[f"{r.config['variant']} ({r.config['method']})"].append(r.metrics["per_block_rel_error"])
+            by_variant[f"{r.config['variant']} ({method_label(r.config)})"].append(r.metrics["per_block_rel_error"])
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, curves in sorted(by_variant.items()):
         arr = np.array(curves)

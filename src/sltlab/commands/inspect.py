@@ -56,6 +56,7 @@ def describe(parts) -> list[str]:  # noqa: ANN001 - TicketParts, imported lazily
             if spec.mask
             else "; no mask (dense)"
         ),
+        *_fold_lines(m),
         "parts: " + " | ".join(f"{k} {sizes[k]:,} B" for k in ("header", "masks", "floats", "checksum")),
     ]
     n_total = sum(t.numel() for t in parts.masks.values())
@@ -73,6 +74,16 @@ def describe(parts) -> list[str]:  # noqa: ANN001 - TicketParts, imported lazily
     dtypes = sorted({e["dtype"] for e in h.get("floats", [])})
     lines.append(f"floats: {len(parts.floats)} tensors, {n_floats:,} values ({', '.join(dtypes) or '-'})")
     return lines
+
+
+def _fold_lines(m) -> list[str]:  # noqa: ANN001 - ModelConfig, imported lazily
+    """A folded source: how its layers share random weights and masks (nothing for an unfolded one)."""
+    if not m.folded:
+        return []
+    per = m.n_layers // m.stages
+    masks = "one mask per layer" if m.mask_sharing == "unshared" else "one mask per stage"
+    return [f"folded: {m.stages} stage(s) x {per} layers share one random block each ({masks}); "
+            f"loading regenerates {m.stages} block(s) of weights, not {m.n_layers}"]
 
 
 def _variant_text(mask) -> str:  # noqa: ANN001 - SupermaskConfig, imported lazily

@@ -24,6 +24,7 @@ examples:
   sltlab lm --dataset wikitext-2 --methods dense,edge-popup --set steps=200 --set n_layers=2
   sltlab lm --dataset my_corpus.txt --set norm=pre-rms --set keep=0.3
   sltlab lm configs/lm_full.toml --store runs/lm_full.db --device cuda     # GPU-sized; see docs/results/lm.md
+  sltlab lm configs/lm_fold.toml --set mask_sharing=shared   # one random block at every depth; docs/results/fold.md
 """
 
 # Shorthands kept from the first release; every LMStudy field is also reachable as --set FIELD=VALUE.
@@ -42,6 +43,8 @@ _FLAGS = (
     ("lr_annealed", float),
     ("eval_bytes", int),
     ("floats", str),
+    ("fold", int),
+    ("mask_sharing", str),
 )
 
 

@@ -3,10 +3,21 @@
 Per-head query/key width `n_k` and value width `n_v` are independent of the model width `d`, so a *source* for the
 approximation study is just a wider copy of a *target*. Only the norm spec differs between "with" and "without
 LayerNorm": parameter names and the weights drawn from a seed are otherwise the same.
+
+Folding (`ModelConfig.fold = S`, Yan et al., "Multicoated and Folded Graph Neural Networks with Strong Lottery
+Tickets"): the n_layers blocks form S stages of n_layers / S consecutive blocks, and every block of a stage uses the
+*same* Parameter objects for its linear weights and biases (one allocation per stage: a weight-tied recurrent
+stack). Block i belongs to stage i // (n_layers / S); the first block of a stage owns the tensors, so seeded
+initialisation, which names a shared tensor by its first occurrence, draws stage s from the names of block
+s * (n_layers / S). S = n_layers is therefore today's network bit for bit, and S = 1 is one random block reused at
+every depth. Norms and residual scales stay per block. Supermasks attach per module as always, so each block keeps
+its own mask over the shared weights (`mask_sharing = "unshared"`); "shared" (one mask per stage, the plain
+recurrent network) is arranged by `sltlab.tickets.spec.build_model`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -39,6 +50,8 @@ class ModelConfig:
     max_len: int = 128
     n_outputs: int = 2
     pooling: Literal["mean", "first"] = "mean"
+    fold: int | None = None
+    mask_sharing: Literal["unshared", "shared"] = "unshared"
 
     def validate(self) -> None:
         for name in ("d_model", "n_heads", "n_layers"):
@@ -53,6 +66,22 @@ class ModelConfig:
                 "model.n_heads", f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}",
                 "a divisor of d_model, or set n_k explicitly",
             )
+        self._validate_fold()
+
+    def _validate_fold(self) -> None:
+        f = self.fold
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 1 or self.n_layers % f):
+            divisors = [k for k in range(1, self.n_layers + 1) if self.n_layers % k == 0]
+            raise ConfigError(
+                "model.fold", f"{f!r} stages do not divide n_layers={self.n_layers} into equal stages",
+                f"one of {divisors} (n_layers = unfolded, 1 = one block reused at every depth), or omitted",
+            )
+        if self.mask_sharing not in ("unshared", "shared"):
+            raise ConfigError("model.mask_sharing", f"unknown mask sharing {self.mask_sharing!r}",
+                              "unshared (a mask per layer) | shared (a mask per fold stage)")
+        if self.mask_sharing == "shared" and f is None:
+            raise ConfigError("model.mask_sharing", "'shared' shares a mask among the layers of a fold stage, "
+                              "but fold is not set", "set fold (e.g. 1), or mask_sharing = 'unshared'")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +97,16 @@ class ModelConfig:
     @property
     def ff_width(self) -> int:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @property
+    def stages(self) -> int:
+        """Fold stages: groups of consecutive blocks sharing one set of random weights (n_layers = unfolded)."""
+        return self.fold if self.fold is not None else self.n_layers
+
+    @property
+    def folded(self) -> bool:
+        """True when some blocks share weights (fewer stages than layers)."""
+        return self.stages < self.n_layers
 
     def with_norm(self, norm: NormSpec) -> ModelConfig:
         return replace(self, norm=norm)
@@ -135,14 +174,23 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """pre: x + attn(norm1(x)), then + mlp(norm2(x)); post: norm1(x + attn(x)), then norm2(x + mlp(x))."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, tie_to: Block | None = None):
+        """tie_to: a block whose linear weights and biases this one uses (folding); its norms stay its own."""
         super().__init__()
         d = cfg.d_model
         self.placement = cfg.norm.placement
-        self.attn = MultiHeadAttention(d, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias)
+        # A tied block's attention and MLP are built on the meta device (no storage), then take the owner's
+        # Parameters: rebuilding a folded network allocates one block's weights per stage, not per layer.
+        # (Registration order stays attn, norm1, mlp, norm2: state-dict order, hence artifact bytes, depend on it.)
+        tied = (lambda: torch.device("meta")) if tie_to is not None else contextlib.nullcontext
+        with tied():
+            self.attn = MultiHeadAttention(d, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias)
         self.norm1 = make_norm(cfg.norm, d)
-        self.mlp = MLP(d, cfg.ff_width, bias=cfg.bias, activation=cfg.activation) if cfg.mlp else None
+        with tied():
+            self.mlp = MLP(d, cfg.ff_width, bias=cfg.bias, activation=cfg.activation) if cfg.mlp else None
         self.norm2 = make_norm(cfg.norm, d) if cfg.mlp else None
+        if tie_to is not None:
+            _tie_linears(self, tie_to, own_mask=cfg.mask_sharing == "unshared")
         if cfg.residual_scales:
             self.attn_scale = nn.Parameter(torch.ones(()))
             self.mlp_scale = nn.Parameter(torch.ones(())) if cfg.mlp else None
@@ -177,14 +225,46 @@ class Block(nn.Module):
         return x, attn
 
 
+# A module carrying this attribute wants a mask of its own over a weight it shares (a folded layer, unshared masks);
+# without it, sharing a weight means a tied weight, which has one mask (sltlab.tickets.supermask.maskable_groups).
+OWN_MASK = "sltlab_own_mask"
+
+
+def _tie_linears(block: Block, owner: Block, own_mask: bool = True) -> None:
+    """Make every nn.Linear of `block`'s attention and MLP use `owner`'s weight and bias Parameter objects."""
+    for part in ("attn", "mlp"):
+        mine, theirs = getattr(block, part), getattr(owner, part)
+        if mine is None:
+            continue
+        src = dict(theirs.named_modules())
+        for name, m in mine.named_modules():
+            if isinstance(m, nn.Linear):
+                m.weight = src[name].weight
+                if m.bias is not None:
+                    m.bias = src[name].bias
+                if own_mask:
+                    setattr(m, OWN_MASK, True)
+
+
 class Stack(nn.Module):
-    """B blocks, plus a final norm for pre-norm models (post-norm blocks already end normalised)."""
+    """B blocks, plus a final norm for pre-norm models (post-norm blocks already end normalised).
+
+    Folded (cfg.fold = S < B): blocks of one stage share their linear weights, see the module docstring."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers_per_stage = cfg.n_layers // cfg.stages
+        blocks: list[Block] = []
+        for i in range(cfg.n_layers):
+            owner = self.stage_owner(i)
+            blocks.append(Block(cfg, tie_to=blocks[owner] if owner != i else None))
+        self.blocks = nn.ModuleList(blocks)
         use_final = cfg.final_norm and cfg.norm.kind != "none" and cfg.norm.placement == "pre"
         self.norm_f = make_norm(cfg.norm, cfg.d_model) if use_final else None
+
+    def stage_owner(self, i: int) -> int:
+        """The index of the block that owns block i's weights: the first block of its stage (i itself unfolded)."""
+        return i - i % self.layers_per_stage
 
     def forward(
         self,

@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec, init_model, seeded_uniform
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig, MultiHeadAttention
 from sltlab.tasks.approx import evaluate_pair
 from sltlab.tickets.construct import ConstructConfig, construct_attention, construct_ticket, set_fixed_masks
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, apply_supermask
 
 

@@ -25,12 +25,12 @@ from torch import nn
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
 from sltlab.runs.device import check_device_name, check_precision, determinism, resolve_device, run_id_fields
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
 
 VARIANT_ALIASES = {"ln-integrated": "pre-ln+affine", "no-ln": "none"}
@@ -77,6 +77,11 @@ class ApproxStudy:
     coat_keeps: tuple[float, ...] = ()
     frozen_pruned: float = 0.2
     frozen_kept: float = 0.1
+    # Folded sources (sltlab.nn.transformer): each entry of `folds` is a number of stages S over the source's
+    # blocks, one random block per stage, a mask per block ("unshared") or per stage ("shared"); [] = unfolded
+    # only. S = n_blocks is the unfolded source (same run id). Targets are never folded.
+    folds: tuple[int, ...] = ()
+    mask_sharing: Literal["unshared", "shared"] = "unshared"
     store: str = "runs/sltlab.db"
     out_dir: str = "runs/approx"
     # Matrices of width 16-512 are far too small for intra-op parallelism: extra threads only spin (measured 20x
@@ -144,12 +149,26 @@ class ApproxStudy:
             raise ConfigError("study.frozen_pruned",
                               "method 'partially-frozen' with nothing frozen is plain edge-popup",
                               "frozen_pruned and/or frozen_kept > 0, or method 'edge-popup'")
+        if self.mask_sharing == "shared" and not any(f < self.source_layers for f in self.folds):
+            raise ConfigError("study.mask_sharing", "'shared' shares a mask among the blocks of a fold stage, but "
+                              "no source is folded", "folds = [1, 2] (stages < n_blocks), or 'unshared'")
+        for i, f in enumerate(self.folds):
+            try:
+                ModelConfig(d_model=self.d_model, n_heads=1, n_layers=self.source_layers, fold=f,
+                            mask_sharing=self.mask_sharing)
+            except ConfigError as err:
+                raise ConfigError(f"study.folds[{i}]" if err.field == "model.fold" else "study.mask_sharing",
+                                  err.problem, err.accepts) from None
         for method in MASK_VARIANT_METHODS:
             if method in self.methods:
                 try:
                     SupermaskConfig(keep=self.keep, **self.mask_variant(method, 0))
                 except ConfigError as err:  # the study's own field names, not the mask's
                     raise ConfigError(err.field.replace("mask.", "study.", 1), err.problem, err.accepts) from None
+
+    @property
+    def source_layers(self) -> int:
+        return self.n_blocks if self.module == "stack" else 1
 
     def mask_variant(self, method: str, seed: int) -> dict[str, Any]:
         """The SupermaskConfig options that `method` switches on (none for plain methods). seed: the run seed,
@@ -161,7 +180,7 @@ class ApproxStudy:
         return {}
 
     def __post_init__(self) -> None:
-        for name in ("heads", "widths", "variants", "methods", "seeds", "score_seeds"):
+        for name in ("heads", "widths", "variants", "methods", "seeds", "score_seeds", "folds"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
 
@@ -171,9 +190,10 @@ class ApproxStudy:
             for variant in self.variants:
                 for method in self.methods:
                     for width in self.widths:
-                        for seed in self.seeds:
-                            for score_seed in self.score_seeds:
-                                out.append(ApproxRun(self, h, variant, method, width, seed, score_seed))
+                        for fold in self.folds or (None,):
+                            for seed in self.seeds:
+                                for score_seed in self.score_seeds:
+                                    out.append(ApproxRun(self, h, variant, method, width, seed, score_seed, fold))
         return out
 
 
@@ -186,6 +206,12 @@ class ApproxRun:
     width: int
     seed: int
     score_seed: int
+    fold: int | None = None
+
+    @property
+    def folded(self) -> bool:
+        """The source is folded: fewer stages than blocks (fold = n_blocks is the unfolded source)."""
+        return self.fold is not None and self.fold < self.study.source_layers
 
     @property
     def norm(self) -> NormSpec:
@@ -206,6 +232,9 @@ class ApproxRun:
             **{k: list(v) if isinstance(v, tuple) else v for k, v in s.mask_variant(self.method, self.seed).items()
                if k != "frozen_seed"},
             **run_id_fields(s.device, s.precision, s.deterministic),
+            # only folded cells carry these, so unfolded cells keep their run ids
+            **({"fold": self.fold} if self.folded else {}),
+            **({"mask_sharing": s.mask_sharing} if self.folded and s.mask_sharing != "unshared" else {}),
         }
 
     def target_spec(self) -> ModelSpec:
@@ -225,7 +254,8 @@ class ApproxRun:
         t = self.target_spec()
         tw = t.model.head_dim_qk
         cfg = replace(t.model, n_k=self.width, n_v=self.width, d_ff=t.model.ff_width * self.width // tw,
-                      norm=self.norm)
+                      norm=self.norm, fold=self.fold if self.folded else None,
+                      mask_sharing=s.mask_sharing if self.folded else "unshared")
         mask = None
         if self.method in SEARCH_METHODS or self.method == "construct":
             mask = SupermaskConfig(

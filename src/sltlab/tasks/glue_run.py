@@ -39,7 +39,6 @@ from torch import nn
 from sltlab.errors import ConfigError, SltlabError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range, from_dict
 from sltlab.runs.device import (
@@ -69,6 +68,7 @@ from sltlab.tickets.imp import (
     sparsity,
 )
 from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, mask_density
 
 METHODS: tuple[str, ...] = ("dense", "edge-popup", "ln-integrated", "annealed", "imp")
@@ -103,6 +103,11 @@ class GlueRunConfig:
     it, 75% after 300 steps at lr 1e-3 with the 0.05 scale, a std near BERT's 0.02). The masked methods keep
     the pure seeded weights: a strong ticket only selects them.
 
+    fold / mask_sharing: a folded model (sltlab.nn.transformer): `fold` stages of n_layers / fold blocks that
+    share one random block each, a mask per block ("unshared") or per stage ("shared"); dense training of a
+    folded model trains a weight-tied recurrent encoder. Left out of the run id at their defaults (None:
+    unfolded; "unshared").
+
     affine_lr: peak lr of what a masked method trains besides its scores (the LN-integrated ticket's norm
     gain/bias and scales, a trained head); 0 = the method's lr. Left out of the run id while 0, so runs made
     before the field existed keep their ids.
@@ -123,6 +128,8 @@ class GlueRunConfig:
     d_ff: int | None = None
     max_len: int = 64
     pooling: Literal["mean", "first"] = "mean"
+    fold: int | None = None
+    mask_sharing: Literal["unshared", "shared"] = "unshared"
     init: str = "kaiming-normal"
     trained_embedding_scale: float = 0.05
     # tokenizer
@@ -199,7 +206,8 @@ class GlueRunConfig:
             )
         InitSpec(scheme=self.init, seed=self.seed)  # type: ignore[arg-type]
         try:  # their errors name this config's fields, not the model's or tokenizer's
-            ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff)
+            ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff,
+                        fold=self.fold, mask_sharing=self.mask_sharing)
             TokenizerSpec(vocab_size=self.vocab_size)
         except ConfigError as err:
             raise ConfigError(err.field.split(".", 1)[-1], err.problem, err.accepts) from None
@@ -228,6 +236,12 @@ class GlueRunConfig:
         for k in ("device", "precision", "deterministic"):
             del out[k]
         out.update(run_id_fields(self.device, self.precision, self.deterministic))
+        # an unfolded model (fold None or n_layers) is today's model whatever the mask sharing: today's run id
+        folded = self.fold is not None and self.fold < self.n_layers
+        if not folded:
+            del out["fold"]
+        if not folded or out["mask_sharing"] == "unshared":
+            del out["mask_sharing"]
         return out
 
     @classmethod
@@ -341,6 +355,8 @@ def model_spec(cfg: GlueRunConfig, vocab_size: int, n_outputs: int) -> ModelSpec
         max_len=cfg.max_len,
         n_outputs=n_outputs,
         pooling=cfg.pooling,
+        fold=cfg.fold,
+        mask_sharing=cfg.mask_sharing,
     )
     mask = None
     if cfg.method in MASKED:

@@ -29,7 +29,6 @@ from torch import nn
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec
 from sltlab.nn.norm import NormSpec
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
 from sltlab.runs.device import (
@@ -44,6 +43,7 @@ from sltlab.runs.device import (
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tasks.text import VOCAB, check_length, eval_bpb, lm_loss, load_corpus, random_batches
 from sltlab.tickets.search import SearchConfig, run_search
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, mask_density, supermasks
 
 KIND = "lm"
@@ -92,6 +92,10 @@ class LMStudy:
     eval_bytes: int = 262144
     eval_batch: int = 32
     floats: Literal["float32", "float16", "bfloat16"] = "float32"
+    # A folded model (sltlab.nn.transformer): `fold` stages of n_layers / fold layers sharing one random block,
+    # a mask per layer ("unshared") or per stage ("shared"). Hashed into run ids only when set.
+    fold: int | None = None
+    mask_sharing: Literal["unshared", "shared"] = "unshared"
     device: str = "auto"
     precision: str = "fp32"
     deterministic: bool = False
@@ -133,6 +137,11 @@ class LMStudy:
         check_range("lm.eval_bytes", self.eval_bytes, 0)
         check_device_name(self.device, "lm.device")
         check_precision(self.precision, "lm.precision")
+        try:
+            ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, fold=self.fold,
+                        mask_sharing=self.mask_sharing)
+        except ConfigError as err:
+            raise ConfigError(err.field.replace("model.", "lm.", 1), err.problem, err.accepts) from None
         if self.floats not in ("float32", "float16", "bfloat16"):
             raise ConfigError(
                 "lm.floats", f"unknown float format {self.floats!r}", "float32 | float16 | bfloat16"
@@ -203,6 +212,11 @@ class LMRun:
         if self.method == "annealed":
             cfg.update(temperature_start=s.temperature_start, temperature_end=s.temperature_end)
         cfg.update(run_id_fields(s.device, s.precision, s.deterministic))  # nothing at cpu / fp32
+        # only a folded model (fewer stages than layers) carries these, so every other cell keeps its run id
+        if s.fold is not None and s.fold < s.n_layers:
+            cfg["fold"] = s.fold
+            if s.mask_sharing != "unshared":
+                cfg["mask_sharing"] = s.mask_sharing
         return cfg
 
     def spec(self) -> ModelSpec:
@@ -217,6 +231,8 @@ class LMRun:
             residual_scales=self.scales,
             vocab_size=VOCAB,
             max_len=s.seq_len,
+            fold=s.fold,
+            mask_sharing=s.mask_sharing,
         )
         density = s.keep if s.init == "scaled-signed-constant" and self.method != "dense" else 1.0
         scheme: Any = s.init
@@ -250,8 +266,10 @@ class LMRun:
 
 
 def count_weights(model: nn.Module) -> int:
-    """Elements of the base network (seeded weights, norms, scales), not supermask scores."""
-    return sum(t.numel() for k, t in model.state_dict().items() if not k.endswith(".scores"))
+    """Elements of the base network (seeded weights, norms, scales), not supermask scores; a tensor shared by
+    several layers (a folded model) counts once."""
+    seen = {(t.data_ptr(), t.shape): t.numel() for k, t in model.state_dict().items() if not k.endswith(".scores")}
+    return sum(seen.values())
 
 
 def run_cell(

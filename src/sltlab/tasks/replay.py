@@ -132,8 +132,8 @@ def run_models(store: Any, rec: Any, n_inputs: int = 128, data_dir: Any = None) 
     from dataclasses import replace
 
     from sltlab.errors import ArtifactError
-    from sltlab.nn.spec import build_model
     from sltlab.tickets.checkpoint import load_checkpoint
+    from sltlab.tickets.spec import build_model
 
     path = store.path.parent / "artifacts" / rec.run_id / "ticket.safetensors"
     if not path.is_file():

@@ -42,6 +42,12 @@ Probe: at export the model's output on a seeded probe input is hashed (SHA-256 o
 small sample is kept, so `sltlab inspect --verify` can rebuild the model and check it bit for bit (same
 torch build and CPU kind; on another machine the sample shows how far apart the numerics are).
 
+Folded sources (`ModelConfig.fold`, see sltlab.nn.transformer): the spec in the header records the folding (fold
+and mask_sharing appear in spec.model only when the model is folded, so unfolded tickets keep their bytes), and
+loading regenerates one copy of the random weights per stage. With mask_sharing "shared" the blocks of a stage hold
+one Supermask, stored once under the name of the stage's first block; an alias of a tensor (a dense folded run's
+tied weights) is stored once as a float, under its first name in the state dict.
+
 Nothing here unpickles: the header is JSON, tensors are raw little-endian arrays.
 """
 
@@ -63,8 +69,8 @@ from torch import nn
 
 from sltlab.errors import ArtifactError, SltlabError
 from sltlab.nn.init import canonical_name
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.runs.store import atomic_write_bytes
+from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import Supermask, frozen_pattern, supermasks
 
 MAGIC = b"SLTICKT\x00"
@@ -229,13 +235,31 @@ def _bits_equal(a: torch.Tensor | None, b: torch.Tensor) -> bool:
     )
 
 
+def stored_supermasks(model: nn.Module) -> dict[str, Supermask]:
+    """Module name -> Supermask, each Supermask once (under its first module): the masks a ticket stores. A folded
+    model with shared masks has one per stage; every other model one per masked module, as supermasks() gives."""
+    seen: set[int] = set()
+    out = {}
+    for name, sm in supermasks(model).items():
+        if id(sm) not in seen:
+            seen.add(id(sm))
+            out[name] = sm
+    return out
+
+
 def _free_floats(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]:
-    """State tensors that a fresh build from the spec does not reproduce bit for bit (scores excluded)."""
+    """State tensors that a fresh build from the spec does not reproduce bit for bit (scores excluded). A tensor
+    the state dict lists under several names (folded, tied weights) counts once, under its first name."""
     fresh = build_model(spec).state_dict()
     out = {}
+    seen: set[tuple[int, int, tuple[int, ...]]] = set()
     for name, t in model.state_dict().items():
         if name.endswith(".scores"):
             continue
+        key = (t.data_ptr(), t.storage_offset(), tuple(t.shape))
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
         if not t.is_floating_point():
             raise ArtifactError(f"tensor {name} has dtype {t.dtype}; only float tensors can be stored")
         if not _bits_equal(fresh.get(name), t):
@@ -265,7 +289,7 @@ def export_ticket(
     model = model.cpu()
     sequences: list[torch.Tensor] = []
     layouts: list[tuple[str, Supermask, int, int]] = []  # name, supermask, first sequence, number of sequences
-    for name, sm in supermasks(model).items():
+    for name, sm in stored_supermasks(model).items():
         if sm.is_plain and spec.mask is not None and not spec.mask.is_plain:
             raise ArtifactError(f"mask {name!r} is a plain supermask but the spec asks for coats or frozen parts; "
                                 "export the model with the spec it was built from")
@@ -568,7 +592,7 @@ def build_from_parts(parts: TicketParts, source: str = "ticket") -> nn.Module:
         model = build_model(parts.spec)
     except SltlabError as err:
         raise ArtifactError(f"{source}: cannot build the stored model spec ({err})") from None
-    sms = supermasks(model)
+    sms = stored_supermasks(model)
     if set(sms) != set(parts.masks):
         raise ArtifactError(
             f"{source}: stored masks {sorted(parts.masks)[:3]}... do not match the spec's masked layers "

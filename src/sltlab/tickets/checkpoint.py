@@ -20,8 +20,8 @@ from safetensors.torch import load, load_file, save
 from torch import nn
 
 from sltlab.errors import ArtifactError, ConfigError
-from sltlab.nn.spec import ModelSpec, build_model
 from sltlab.runs.store import atomic_write_bytes
+from sltlab.tickets.spec import ModelSpec, build_model
 
 FORMAT = "sltlab-checkpoint-1"
 MASK_RANK = "scores"
@@ -122,8 +122,9 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelSpec]:
     if missing:
         raise ArtifactError(f"checkpoint {path} has tensors the model lacks: {sorted(missing)[:5]}")
     with torch.no_grad():
-        own = dict(model.named_parameters())
-        own.update(dict(model.named_buffers()))
+        # every alias of a shared tensor (a folded model's tied weights) by each of its names, as the state dict has
+        own = dict(model.named_parameters(remove_duplicate=False))
+        own.update(dict(model.named_buffers(remove_duplicate=False)))
         for k, v in state.items():
             own[k].copy_(v)
     model.eval()

@@ -70,6 +70,7 @@ from torch.nn.utils import parametrize
 from sltlab.errors import ConfigError
 from sltlab.nn.init import canonical_name, seeded_uniform
 from sltlab.nn.norm import is_norm
+from sltlab.nn.transformer import OWN_MASK
 
 Method = Literal["edge-popup", "annealed"]
 P = TypeVar("P", bound=nn.Module)
@@ -573,9 +574,9 @@ def maskable_groups(
     Raises ConfigError for a targeted module of a kind without a mask rule that holds a weight, for a tied weight
     that is targeted through one user and excluded through another, and for a targeted weight tied to one that an
     earlier call already masked."""
-    groups: dict[int, list[tuple[str, nn.Module]]] = {}
-    chosen: set[int] = set()
-    excluded: dict[int, str] = {}
+    groups: dict[Any, list[tuple[str, nn.Module]]] = {}
+    chosen: set[Any] = set()
+    excluded: dict[Any, str] = {}
     masked_originals = {id(o): n for n, m in model.named_modules() if (o := _original(m)) is not None}
     for name, m in model.named_modules():
         if "parametrizations" in name.split("."):
@@ -603,11 +604,13 @@ def maskable_groups(
                     "mask all users of a tied weight in one call (a tied weight has one mask)",
                 )
             continue
-        groups.setdefault(id(w), []).append((name, m))
+        # a folded layer (nn.transformer.OWN_MASK) shares its owner's weight but wants its own mask
+        key = (id(w), name) if getattr(m, OWN_MASK, False) else id(w)
+        groups.setdefault(key, []).append((name, m))
         if targeted:
-            chosen.add(id(w))
+            chosen.add(key)
         elif _matches(name, exclude):
-            excluded[id(w)] = name
+            excluded[key] = name
     for key in chosen & set(excluded):
         raise ConfigError(
             "mask.exclude",

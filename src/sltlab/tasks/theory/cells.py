@@ -12,9 +12,9 @@ if TYPE_CHECKING:
 
 def construct_cell(run: ApproxRun, construct: ConstructConfig) -> dict[str, Any]:
     """run_cell for method construct, with the theory config's solver settings (same models and test inputs)."""
-    from sltlab.nn.spec import build_model
     from sltlab.tasks.approx import evaluate_pair, random_inputs
     from sltlab.tickets.construct import construct_ticket
+    from sltlab.tickets.spec import build_model
     from sltlab.tickets.supermask import mask_density
 
     s = run.study

@@ -69,9 +69,9 @@ def _warm_cell(
     construct: ConstructConfig,
     progress: bool,
 ) -> dict[str, Any]:
-    from sltlab.nn.spec import build_model
     from sltlab.tasks.approx import ApproxStudy, evaluate_pair, forward_out, random_inputs, search_ticket
     from sltlab.tickets.search import SearchConfig
+    from sltlab.tickets.spec import build_model
 
     study = ApproxStudy(
         name="theory-warmstart",

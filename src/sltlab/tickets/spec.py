@@ -34,6 +34,10 @@ class ModelSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
+        # Folding fields stay out when they change nothing (unfolded), so older specs keep their JSON and bytes.
+        for name, default in FOLD_DEFAULTS.items():
+            if not self.model.folded or out["model"][name] == default:
+                del out["model"][name]
         if self.mask is not None:
             # Variant options at their defaults stay out, so older specs keep their JSON (and file bytes).
             out["mask"] = self.mask.to_dict()
@@ -51,8 +55,15 @@ class ModelSpec:
         return cls.from_dict(json.loads(text))
 
 
+FOLD_DEFAULTS: dict[str, Any] = {"fold": None, "mask_sharing": "unshared"}
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Construct the architecture, draw its weights from the seed, attach the supermask if any."""
+    """Construct the architecture, draw its weights from the seed, attach the supermask if any.
+
+    A folded model (spec.model.fold) allocates one copy of the random block weights per stage. With
+    mask_sharing "shared" every block of a stage uses the Supermask of the stage's first block (its scores,
+    seeded by that block's names, and its mask), so a stage has one mask; "unshared" gives each block its own."""
     cfg = spec.model
     model: nn.Module
     if spec.arch == "encoder-classifier":
@@ -65,5 +76,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
         model = Stack(cfg)
     init_model(model, spec.init)
     if spec.mask is not None:
+        # A stage's shared weight is a tied weight: with mask_sharing "shared" it gets one Supermask (its first
+        # block's, seeded by that block's names); "unshared" blocks carry nn.transformer.OWN_MASK, one each.
         apply_supermask(model, spec.mask)
     return model
