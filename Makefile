@@ -75,9 +75,8 @@ lm-quick: install
 peft-quick: install
 	$(BIN)/sltlab peft configs/peft_quick.toml
 
-peft-medium: install  # ~30 min per task on one core; two shards in parallel
-	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --shard 0/2 --threads 1 & \
-	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --shard 1/2 --threads 1; wait
+peft-medium: install  # ~30 min per task on one core; cells on every core (local executor)
+	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db
 	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --no-run --report docs/results/peft_medium.md
 
 clean:

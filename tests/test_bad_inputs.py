@@ -389,7 +389,7 @@ CASES: list[tuple[str, str, str]] = [
     ("peft-fisher-without-fraction", "peft --task mrpc --method ln-fisher", "--fraction"),
     ("peft-shard-out-of-range", "peft --task mrpc --method ln --shard 3/2", "--shard"),
     ("peft-shard-not-i-n", "peft --task mrpc --method ln --shard half", "--shard"),
-    ("peft-seeds-zero", "peft --task mrpc --method ln --seeds 0", "--seeds"),
+    ("peft-seeds-not-a-list", "peft --task mrpc --method ln --seeds 0,one", "--seeds"),
     ("peft-lr-not-number", "peft --task mrpc --method ln --lr fast", "--lr"),
     ("peft-lr-nan", "peft --task mrpc --method ln --lr nan", "lr"),
     ("peft-threads-zero", "peft --task mrpc --method ln --threads 0", "--threads"),
@@ -565,17 +565,20 @@ def _trap(*_a, **_k):
 @pytest.fixture
 def traps(monkeypatch):
     import sltlab.report
+    import sltlab.report.peft
+    import sltlab.runs.executor
     import sltlab.tasks.approx
     import sltlab.tasks.glue_run
     import sltlab.tasks.lm_run
     import sltlab.tasks.peft
     import sltlab.tasks.theory.runner
 
+    monkeypatch.setattr(sltlab.runs.executor, "run_cells", _trap)  # every study's cells go through it
     monkeypatch.setattr(sltlab.tasks.approx, "run_cell", _trap)
     monkeypatch.setattr(sltlab.tasks.glue_run, "train_cell", _trap)
     monkeypatch.setattr(sltlab.tasks.lm_run, "run_cell", _trap)
     monkeypatch.setattr(sltlab.tasks.peft, "run_sweep", _trap)
-    monkeypatch.setattr(sltlab.tasks.peft, "write_report", _trap)
+    monkeypatch.setattr(sltlab.report.peft, "write_report", _trap)
     monkeypatch.setattr(sltlab.tasks.theory.runner.Runner, "__call__", _trap)
     monkeypatch.setattr(sltlab.report, "build_report", _trap)
 

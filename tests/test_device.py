@@ -286,7 +286,9 @@ def test_peft_bf16_finite_and_on_device(audited: _Recorder) -> None:
         cfg = peft.PeftConfig(task="rte", method=method, lr=1e-3, epochs=2, device=DEVICE, precision=PRECISION)
         hist = peft.train_masked(model, masks, batches, cfg, progress=False)
         assert math.isfinite(hist[-1]["loss"]) and not hist.stalled
-        fisher = peft.fisher_mod.empirical_fisher(model, peft.per_sample_loss, batches[:1],
+        from sltlab.analysis import fisher as fisher_mod
+
+        fisher = fisher_mod.empirical_fisher(model, peft.per_sample_loss, batches[:1],
                                                   params=peft.layernorm_names(model))
         assert all(v.device.type == "cpu" and torch.isfinite(v).all() for v in fisher.values())
     _check(audited)

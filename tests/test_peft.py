@@ -281,7 +281,9 @@ def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
         lr_grid=sweep.lr_grid,
         base=base,
     )
-    out = peft.write_report(report_sweep, store, tmp_path / "docs" / "peft.md", command="sltlab peft ...")
+    from sltlab.report.peft import write_report
+
+    out = write_report(report_sweep, store, tmp_path / "docs" / "peft.md", command="sltlab peft ...")
     text = out.read_text()
     assert "| ln | " in text and "(n=2)" in text and "| ln > random |" in text and "not run" in text
     assert "output.LayerNorm" in text and "(chosen)" in text

@@ -15,6 +15,7 @@ from sltlab.cli import main as cli_main
 from sltlab.errors import ConfigError
 from sltlab.runs.store import Store
 from sltlab.tasks import peft
+from sltlab.tasks.glue import load_split
 from sltlab.tickets import get_masks, set_keep, supermasks
 from sltlab.tickets.artifact import binary_entropy
 
@@ -94,7 +95,7 @@ def test_config_and_cli_grammar(capsys: pytest.CaptureFixture[str], tmp_path: Pa
     rc = cli_main(["peft", "export", "nope", "--store", str(tmp_path / "s.db")])
     assert rc == 2 and "--peft" in capsys.readouterr().err
     rc = cli_main(["peft", "exprt", "x", "--peft", str(tmp_path / "o"), "--store", str(tmp_path / "s.db")])
-    assert rc == 2 and "unknown action" in capsys.readouterr().err
+    assert rc == 2 and "unexpected arguments" in capsys.readouterr().err
 
 
 def test_runs_save_what_they_trained_and_export(tmp_path: Path) -> None:
@@ -109,8 +110,8 @@ def test_runs_save_what_they_trained_and_export(tmp_path: Path) -> None:
         cfg = peft.make_config("rte", method, 1e-2, 0, base)
         ids[method] = peft.run_peft(cfg, store, data_dir=str(data), progress=False)
     pre = peft.pristine(str(model_dir))
-    dev = peft.Batches(pre, peft.load_split("rte", "dev", data_dir=str(data)), 16, 64, shuffle=False)
-    batch = next(iter(peft.Batches(pre, peft.load_split("rte", "train", data_dir=str(data)), 16, 24,
+    dev = peft.Batches(pre, load_split("rte", "dev", data_dir=str(data)), 16, 64, shuffle=False)
+    batch = next(iter(peft.Batches(pre, load_split("rte", "train", data_dir=str(data)), 16, 24,
                                    shuffle=False)))
     for method, rid in ids.items():
         m = store.get(rid).metrics

@@ -35,10 +35,12 @@ common options (every study command):
 """
 
 
-def add_common(p: argparse.ArgumentParser, config_help: str = "TOML file of the study's settings",
+def add_common(p: argparse.ArgumentParser, config_help: str | None = "TOML file of the study's settings",
                config_required: bool = False) -> None:
-    """The shared flags. Defaults are None so that 'not given' never overrides a config value."""
-    p.add_argument("config", nargs=None if config_required else "?", help=config_help)
+    """The shared flags. Defaults are None so that 'not given' never overrides a config value. config_help None:
+    the command reads CONFIG from positionals of its own (and sets args.config)."""
+    if config_help is not None:
+        p.add_argument("config", nargs=None if config_required else "?", help=config_help)
     p.add_argument("--config", dest="config_opt", metavar="CONFIG", help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting (dotted keys for tables); repeatable")

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sltlab.errors import ConfigError
 from sltlab.runs.config import comma_list, from_dict, load_toml
 from sltlab.runs.store import Store
@@ -20,11 +18,11 @@ from sltlab.runs.store import Store
 EPILOG = """\
 examples:
   sltlab peft --task mrpc --method ln --quick                 # one smoke-sized cell (lr grid, seed 0)
-  sltlab peft --task rte --method ln-fisher --fraction 0.2 --mask-source cv --seeds 2
+  sltlab peft --task rte --method ln-fisher --fraction 0.2 --mask-source cv --seeds 0,1
   sltlab peft --task stsb --method full,bitfit --lr 1e-4 --model ~/models/bert-base-uncased
-  sltlab peft --config configs/peft_quick.toml               # the CPU-scale study behind docs/results/peft.md
-  sltlab peft --config configs/peft_quick.toml --shard 0/2   # half of its tasks (run --shard 1/2 beside it)
-  sltlab peft --config configs/peft_quick.toml --no-run --report docs/results/peft.md
+  sltlab peft configs/peft_quick.toml                        # the CPU-scale study behind docs/results/peft.md
+  sltlab peft configs/peft_medium.toml --executor ray --address auto --device cuda
+  sltlab peft configs/peft_quick.toml --no-run --report docs/results/peft.md
   sltlab peft --task mrpc --method mask,mask+ln --fraction 0.9 --quick   # masks over the pretrained weights
   sltlab peft export peft-3f2a --peft out/mrpc-ln                          # a peft LN-tuning adapter
 
@@ -99,13 +97,19 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
 
 def build_sweep(args: argparse.Namespace):  # -> SweepConfig
     """The sweep from --config (if any), then --quick and the command-line lists."""
+    from sltlab.runs.config import apply_sets
     from sltlab.tasks.peft import SweepConfig
 
     data: dict[str, Any] = {}
     if args.config:
         raw = load_toml(args.config)
         data = dict(raw.get("sweep", raw))
+    # --set: sweep keys as they are, anything else is a run setting (base.*), e.g. --set epochs=2
+    sweep_keys = {"tasks", "methods", "seeds", "extra_methods", "lr_select", "lr_grid", "base", "device",
+                  "precision", "deterministic"}
+    apply_sets(data, [x for x in args.sets if x.partition("=")[0].split(".")[0] in sweep_keys])
     base = dict(data.get("base", {}))
+    apply_sets(base, [x for x in args.sets if x.partition("=")[0].split(".")[0] not in sweep_keys])
     if args.quick:
         base = {**base, **QUICK}
     if args.model:
@@ -117,10 +121,14 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
     if methods is not None:
         data["methods"] = methods
         data["extra_methods"] = []
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ConfigError("--seeds", f"{args.seeds} must be at least 1", "a positive integer")
-        data["seeds"] = list(range(args.seeds))
+    from sltlab.commands.common import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    if seeds is not None:
+        data["seeds"] = seeds
+    for key, value in (("device", args.device), ("precision", args.precision)):
+        if value is not None:
+            data[key] = value
     if args.lr:
         try:
             lrs = [float(x) for x in comma_list(args.lr) or []]
@@ -130,10 +138,10 @@ def build_sweep(args: argparse.Namespace):  # -> SweepConfig
 
         data["lr_grid"] = {m: lrs for m in METHODS}
     if "tasks" not in data:
-        raise ConfigError("--task", "no task given", "--task mrpc (comma-separated list) or --config FILE")
+        raise ConfigError("--task", "no task given", "--task mrpc (comma-separated list) or a CONFIG file")
     if "methods" not in data:
         raise ConfigError(
-            "--method", "no method given", "--method ln (comma-separated list) or --config FILE"
+            "--method", "no method given", "--method ln (comma-separated list) or a CONFIG file"
         )
     return from_dict(SweepConfig, data, prefix="sweep")
 
@@ -146,34 +154,47 @@ def export_handler(args: argparse.Namespace) -> int:
         raise ConfigError("export", f"takes one run id, got {args.words[1:]}", "sltlab peft export RUN_ID --peft DIR")
     if not args.peft:
         raise ConfigError("--peft", "export needs a destination folder", "sltlab peft export RUN_ID --peft DIR")
-    what, folder = export_run(Store(args.store), args.words[1], args.peft)
+    from sltlab.runs.checks import check_store_file
+
+    store = check_store_file("--store", args.store or "runs/sltlab.db")
+    with Store(store) as opened:
+        what, folder = export_run(opened, args.words[1], args.peft)
     print(f"wrote {what} to {folder}")
     return 0
 
 
 def handler(args: argparse.Namespace) -> int:
-    from sltlab.tasks.peft import run_sweep
+    from sltlab.commands.common import config_path, dry_run, exec_options
+    from sltlab.runs.checks import check_output_file
+    from sltlab.tasks.peft import run_sweep, sweep_cells
 
-    if args.words:
-        if args.words[0] != "export":
-            raise ConfigError("peft", f"unknown action {args.words[0]!r}", "sltlab peft export RUN_ID --peft DIR")
+    if args.words and args.words[0] == "export":
         return export_handler(args)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError("--threads", f"{args.threads} must be at least 1", "an integer >= 1, or omit it")
-        torch.set_num_threads(args.threads)
+    if len(args.words) > 1:
+        raise ConfigError("peft", f"unexpected arguments {args.words[1:]}",
+                          "sltlab peft [CONFIG] ..., or sltlab peft export RUN_ID --peft DIR")
+    args.config = args.words[0] if args.words else None
+    args.config = config_path(args)
     if args.report:
-        from sltlab.runs.checks import check_output_file
-
         check_output_file("--report", args.report)
     sweep = build_sweep(args)
     shard = _shard(args.shard)
-    store = Store(args.store)
+    store_path = Path(args.store or "runs/sltlab.db")
+    if args.dry_run:
+        existing = Store(store_path) if store_path.is_file() else None
+        try:
+            cells = sweep_cells(sweep, existing, args.data_dir, shard)
+        finally:
+            if existing is not None:
+                existing.close()
+        return dry_run(cells, store_path)
+    opts = exec_options(args)
+    store = Store(store_path)
     if not args.no_run:
-        ids = run_sweep(sweep, store, data_dir=args.data_dir, progress=not args.quiet, shard=shard)
+        ids = run_sweep(sweep, store, data_dir=args.data_dir, progress=opts.progress, shard=shard, options=opts)
         print(f"{len(ids)} runs finished in {store.path}")
     if args.report:
-        from sltlab.tasks.peft import write_report
+        from sltlab.report.peft import write_report
 
         out = write_report(
             sweep,
@@ -187,15 +208,19 @@ def handler(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from sltlab.commands.common import COMMON_HELP, add_common
+
     p = sub.add_parser(
         "peft",
         help="parameter-efficient fine-tuning baselines on a pretrained BERT-family model",
         description=__doc__,
-        epilog=EPILOG,
+        epilog=COMMON_HELP + "\n" + EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("words", nargs="*", metavar="CONFIG | export RUN_ID",
+                   help="a sweep TOML (configs/peft_quick.toml), or `export RUN_ID --peft DIR`")
+    add_common(p, None)
     p.add_argument("--task", help="GLUE task(s), comma-separated: rte, mrpc, stsb, cola, sst2, ...")
-    p.add_argument("words", nargs="*", metavar="export RUN_ID", help="export a finished run (with --peft DIR)")
     p.add_argument("--method", help="full | bitfit | ln | random | ln-fisher | mask | mask+ln (comma-separated)")
     p.add_argument(
         "--fraction",
@@ -204,22 +229,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--peft", metavar="DIR", help="export: the folder to write the run to")
     p.add_argument("--mask-source", help="ln-fisher: individual | global | cv (comma-separated)")
-    p.add_argument("--seeds", type=int, help="number of seeds (0..N-1); default from the config, else 2")
     p.add_argument("--lr", help="learning rate(s), comma-separated; default: each method's grid")
     p.add_argument(
         "--quick",
         action="store_true",
         help="smoke-test sizes: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()),
     )
-    p.add_argument("--config", help="TOML sweep, e.g. configs/peft_quick.toml")
     p.add_argument(
         "--model", help="local Hugging Face BERT-family model directory (default all-MiniLM-L6-v2)"
     )
     p.add_argument("--data-dir", help="folder holding glue/ (default $SLTLAB_DATA, ./data, ../shared/data)")
-    p.add_argument("--store", default="runs/sltlab.db", help="results store (default runs/sltlab.db)")
     p.add_argument("--shard", help="I/N: run only every N-th task starting at I (parallel processes)")
     p.add_argument("--report", help="write the Markdown report of the sweep's runs to this file")
     p.add_argument("--no-run", action="store_true", help="do not train; only --report from the store")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=handler, command_line=None)

@@ -1,0 +1,385 @@
+"""The PEFT study's Markdown report: the metric table, the paired claims, Fisher and change-by-component tables."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sltlab.analysis import fisher as fisher_mod
+from sltlab.errors import SltlabError
+from sltlab.runs.store import Store
+from sltlab.tasks.glue import get_task, load_split
+from sltlab.tasks.metrics import compute_metrics, main_metric
+from sltlab.tasks.peft.config import (
+    PeftConfig,
+    SweepConfig,
+    base_settings,
+    default_base,
+    make_config,
+    model_label,
+    parse_method,
+)
+from sltlab.tasks.peft.data import fixed_subsample
+from sltlab.tasks.peft.fisher import fisher_config
+from sltlab.tasks.peft.model import _run_id, table_from_json
+
+#: The paper's claims, as (a, b, relation): ">" a beats b, ">=" a is not worse, "~" the two are equivalent.
+CLAIMS: tuple[tuple[str, str, str], ...] = (
+    ("full", "bitfit", ">="),
+    ("bitfit", "ln", "~"),
+    ("ln", "random", ">"),
+    ("full", "ln", ">="),
+    ("ln", "ln-fisher@0.5", "~"),
+    ("ln", "ln-fisher@0.2", "~"),
+    ("ln", "ln-fisher@0.1", "~"),
+    # masks over the pretrained weights (issue 13): as good as LN-only? does learning LN with the mask help?
+    # how far from full fine-tuning?
+    ("mask@0.9", "ln", "~"),
+    ("mask+ln@0.9", "mask@0.9", ">"),
+    ("full", "mask@0.9", ">="),
+)
+
+
+#: Equivalence margin of "~", in points of the main metric.
+MARGIN = 2.0
+
+
+@dataclass
+class TableCell:
+    """The runs of one (task, method label) at its chosen lr: scores in points, per seed."""
+
+    task: str
+    label: str
+    lr: float
+    scores: dict[int, float]
+    runs: list[Any]
+    grid: dict[float, dict[int, float]]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.scores.values()))) if self.scores else float("nan")
+
+    @property
+    def sd(self) -> float:
+        return float(np.std(list(self.scores.values()), ddof=1)) if len(self.scores) > 1 else float("nan")
+
+
+def collect_cells(sweep: SweepConfig, store: Store) -> dict[tuple[str, str], TableCell]:
+    """Finished runs of this sweep's settings grouped by (task, label), at the lr chosen on dev.
+
+    The lr is chosen as the sweep ran it: by the first seed's score (first-seed) or by the seed mean (all).
+    """
+    want = default_base(sweep.base)
+    groups: dict[tuple[str, str], dict[float, list[Any]]] = {}
+    for rec in store.runs("peft"):
+        c = rec.config
+        if base_settings(c) != want or c["task"] not in sweep.tasks:
+            continue
+        cfg = PeftConfig(**{**c, "fisher_tasks": tuple(c["fisher_tasks"])})
+        groups.setdefault((cfg.task, cfg.label), {}).setdefault(cfg.lr, []).append(rec)
+    cells = {}
+    first = sweep.seeds[0]
+    for key, by_lr in groups.items():
+        grid = {lr: {r.seed: 100 * float(r.metrics["main"]) for r in recs} for lr, recs in by_lr.items()}
+
+        def rank(lr: float, grid: dict[float, dict[int, float]] = grid) -> float:
+            if sweep.lr_select == "first-seed":
+                return grid[lr].get(first, float("-inf"))
+            return float(np.mean(list(grid[lr].values())))
+
+        lr = max(grid, key=rank)
+        cells[key] = TableCell(key[0], key[1], lr, dict(sorted(grid[lr].items())), by_lr[lr], grid)
+    return cells
+
+
+def _fmt(x: float, d: int = 1) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.{d}f}"
+
+
+def _claim_rows(
+    cells: Mapping[tuple[str, str], TableCell], tasks: list[str], baselines: Mapping[str, float] | None = None
+) -> list[str]:
+    """One row per claim. `baselines` (task -> majority score) lets a row count the pairs in which both
+    methods merely reproduce the majority baseline: those pairs agree for a trivial reason."""
+    from sltlab.analysis.stats import bootstrap_ci, fmt_p, mann_whitney
+
+    rows = [
+        "| claim | pairs (task, seed) | both at baseline | mean diff a−b [95% CI] | Mann-Whitney p "
+        "(task-centred) | Cliff's δ | verdict |",
+        "| --- | ---: | ---: | --- | ---: | ---: | --- |",
+    ]
+    for a, b, rel in CLAIMS:
+        diffs, xa, xb = [], [], []
+        trivial = 0
+        for t in tasks:
+            ca, cb = cells.get((t, a)), cells.get((t, b))
+            if ca is None or cb is None:
+                continue
+            centre = float(np.mean([c.mean for (tt, _), c in cells.items() if tt == t]))
+            for s in sorted(set(ca.scores) & set(cb.scores)):
+                diffs.append(ca.scores[s] - cb.scores[s])
+                base = (baselines or {}).get(t)
+                if base is not None and max(abs(ca.scores[s] - base), abs(cb.scores[s] - base)) < 0.05:
+                    trivial += 1
+                xa.append(ca.scores[s] - centre)
+                xb.append(cb.scores[s] - centre)
+        if not diffs:
+            rows.append(f"| {a} {rel} {b} | 0 | – | – | – | – | not run |")
+            continue
+        ci = bootstrap_ci(diffs)
+        mw = mann_whitney(xa, xb)
+        lo, hi = ci.lo, ci.hi
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            verdict = "too few pairs"
+        elif rel == ">":
+            verdict = "holds (CI > 0)" if lo > 0 else ("reversed (CI < 0)" if hi < 0 else "not shown (CI spans 0)")
+        elif rel == ">=":
+            verdict = "holds (a not below b)" if hi >= 0 and ci.estimate >= -MARGIN else "fails (a below b)"
+            if lo > 0:
+                verdict = "holds (a > b)"
+        else:
+            verdict = (
+                f"holds (CI within ±{MARGIN:g})"
+                if lo >= -MARGIN and hi <= MARGIN
+                else "differ (CI excludes 0)"
+                if lo > 0 or hi < 0
+                else "inconclusive (CI wide)"
+            )
+        rows.append(
+            f"| {a} {rel} {b} | {len(diffs)} | {trivial if baselines else '–'} | "
+            f"{ci.estimate:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
+            f"{fmt_p(mw['p'])} | {mw['cliffs_delta']:+.2f} ({mw['effect']}) | {verdict} |"
+        )
+    return rows
+
+
+def _fisher_tables(sweep: SweepConfig, store: Store) -> tuple[dict[str, Any], list[str]]:
+    """Per-task and combined Fisher component tables from the sweep's Fisher runs."""
+    cfg = make_config(sweep.tasks[0], "full", 1.0, 0, sweep.base)
+    per_task: dict[str, dict[str, torch.Tensor]] = {}
+    for t in sorted(set(sweep.tasks) | set(cfg.fisher_tasks)):
+        fcfg = fisher_config(cfg, t)
+        rid = _run_id("peft-fisher", fcfg)
+        path = store.artifact_dir(rid) / "fisher.safetensors"
+        if store.is_finished(rid) and path.is_file():
+            per_task[t] = fisher_mod.load_fisher(path)
+    if not per_task:
+        return {}, []
+    norm = fisher_mod.normalise_per_task(per_task)
+    tables = {t: fisher_mod.aggregate_by_component(f, "mean") for t, f in norm.items()}
+    combined = fisher_mod.aggregate_by_component(fisher_mod.combine_fisher(per_task), "mean")
+    return {"combined": combined, **tables}, sorted(per_task)
+
+
+def majority_baseline(task: str, base: Mapping[str, Any], data_dir: str | None) -> float:
+    """Dev main metric (points) of predicting the training subsample's majority class (STS-B: its mean).
+
+    Why: at CPU scale a fine-tuned model may not leave this baseline, and the table must say so.
+    """
+    info = get_task(task)
+    train = fixed_subsample(load_split(task, "train", data_dir=data_dir), base["subsample"], base["data_seed"])
+    dev = fixed_subsample(load_split(task, info.dev_splits[0], data_dir=data_dir), base["dev_limit"], base["data_seed"])
+    assert train.labels is not None and dev.labels is not None
+    if info.is_regression:
+        const = np.full(len(dev), float(np.mean(train.labels)))
+    else:
+        const = np.full(len(dev), int(np.bincount(train.labels.astype(np.int64)).argmax()))
+    return 100 * compute_metrics(task, const, dev.labels)[main_metric(task)]
+
+
+def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = "", data_dir: str | None = None) -> Path:
+    """Markdown report of the sweep's finished runs (+ heat maps beside it): tables, claims, components.
+
+    With the GLUE data reachable (`data_dir`, see `sltlab.paths.data_dir`) the main table also shows the
+    majority-class baseline on the same dev subsample.
+    """
+    from sltlab.runs.store import atomic_write_text
+
+    tasks = list(sweep.tasks)
+    cells = collect_cells(sweep, store)
+    labels = [
+        PeftConfig(
+            task="rte",
+            method=parse_method(m)[0],
+            lr=1.0,
+            fraction=parse_method(m)[1],
+            mask_source=parse_method(m)[2],
+        ).label
+        for m in (*sweep.methods, *sweep.extra_methods)
+    ]
+    base = default_base(sweep.base)
+    n_runs = sum(len(c.runs) for c in cells.values())
+    select = "by the first seed" if sweep.lr_select == "first-seed" else "by the seed mean"
+    n_all = sum(len(v) for c in cells.values() for v in c.grid.values())
+    lines = [
+        "# Parameter-efficient fine-tuning: LayerNorm, BitFit, random and Fisher-selected subsets",
+        "",
+        f"Model: `{base['model']}` ({model_label(base['model'])}). Main metric in points (x100) on the dev "
+        f"set (fixed subsample of {base['dev_limit'] or 'all'} examples), mean ± sd over seeds at the "
+        f"learning rate chosen on dev ({select}). Training: {base['subsample'] or 'all'} examples, "
+        f"{base['epochs']} epoch(s), batch {base['batch_size']}, max_len {base['max_len']}, AdamW (decay "
+        f"{base['weight_decay']}) with warm-up {base['warmup_frac']} and cosine decay; every method also "
+        f"trains a fresh head. {n_all} runs finished, {n_runs} of them at the chosen lr.",
+        "",
+        f"Command: `{command or 'sltlab peft --config ...'}`",
+        "",
+        "## Main table",
+        "",
+        "Share = trainable pretrained scalars / all pretrained scalars (the paper's measure); every method "
+        "also trains the task's head: "
+        + ", ".join(
+            f"{t} {c.runs[0].metrics['trainable'] - c.runs[0].metrics['trainable_body']:,}"
+            for t in tasks
+            for c in [next((c for (tt, _), c in cells.items() if tt == t), None)]
+            if c is not None
+        )
+        + " scalars.",
+        "",
+        "| method | "
+        + " | ".join(f"{t} ({main_metric(t)})" for t in tasks)
+        + " | mean over tasks | trainable pretrained scalars (+ head) | share of pretrained | stored: floats, "
+        "mask bits (bytes) |",
+        "| --- |" + " ---: |" * (len(tasks) + 4),
+    ]
+    for lab in labels:
+        row, means, share, trainable, stored = [], [], "", "", "–"
+        for t in tasks:
+            c = cells.get((t, lab))
+            if c is None:
+                row.append("not run")
+                continue
+            means.append(c.mean)
+            row.append(f"{_fmt(c.mean)} ± {_fmt(c.sd)} (n={len(c.scores)})")
+            m = c.runs[0].metrics
+            trainable = f"{m['trainable_body']:,}"
+            share = f"{100 * m['share']:.4f}%"
+            if "stored_bytes" in m:  # runs from before issue 13 did not record it
+                bits = f", {m['mask_bits']:,} bits over {m['mask_weights']:,} weights" if m["mask_bits"] else ""
+                stored = f"{m['stored_floats']:,}{bits} ({m['stored_bytes']:,})"
+        avg = _fmt(float(np.mean(means))) if len(means) == len(tasks) else "–"
+        lines.append(f"| {lab} | " + " | ".join(row) + f" | {avg} | {trainable} | {share} | {stored} |")
+    baselines: dict[str, float] = {}
+    try:
+        baselines = {t: majority_baseline(t, base, data_dir) for t in tasks}
+        majority = [_fmt(baselines[t]) for t in tasks]
+        lines.append("| *majority class / constant* | " + " | ".join(majority) + " | | 0 | 0% | 0 |")
+    except SltlabError:
+        pass  # no data here: the report still renders from the store alone
+    lines += [
+        "",
+        "## Every cell at its chosen lr",
+        "",
+        "| task | method | lr | seeds: main | all metrics (mean) | trainable | share | wall s (mean) |",
+        "| --- | --- | ---: | --- | --- | ---: | ---: | ---: |",
+    ]
+    for t in tasks:
+        for lab in labels:
+            c = cells.get((t, lab))
+            if c is None:
+                continue
+            names = [n for n in get_task(t).metrics if n in c.runs[0].metrics]
+            allm = ", ".join(f"{n} {100 * np.mean([r.metrics[n] for r in c.runs]):.1f}" for n in names)
+            seeds = ", ".join(f"s{s}: {v:.1f}" for s, v in c.scores.items())
+            m = c.runs[0].metrics
+            wall = np.mean([r.metrics["wall_s"] for r in c.runs])
+            lines.append(
+                f"| {t} | {lab} | {c.lr:g} | {seeds} | {allm} | {m['trainable']:,} | "
+                f"{100 * m['share']:.4f}% | {wall:.0f} |"
+            )
+    lines += [
+        "",
+        "## Learning-rate grid (every run)",
+        "",
+        "| task | method | lr | main by seed |",
+        "| --- | --- | ---: | --- |",
+    ]
+    for t in tasks:
+        for lab in labels:
+            c = cells.get((t, lab))
+            for lr, by_seed in sorted((c.grid if c else {}).items()):
+                mark = " (chosen)" if lr == c.lr else ""
+                lines.append(
+                    f"| {t} | {lab} | {lr:g}{mark} | "
+                    + ", ".join(f"s{s}: {v:.1f}" for s, v in sorted(by_seed.items()))
+                    + " |"
+                )
+    lines += [
+        "",
+        "## Does the paper's ordering hold? (full ≥ BitFit ≈ LN > random)",
+        "",
+        "Pairs are (task, seed) at each method's chosen lr; the CI is a percentile bootstrap of the mean "
+        "paired difference (`sltlab.analysis.stats.bootstrap_ci`); the Mann-Whitney test compares the two "
+        "methods' scores after subtracting each task's mean over methods (`mann_whitney`). "
+        f"'~' means equivalent within ±{MARGIN:g} points.",
+        "",
+    ]
+    lines += _claim_rows(cells, tasks, baselines)
+    # component change after full fine-tuning
+    full = [c for (t, lab), c in cells.items() if lab == "full"]
+    if full:
+        acc: dict[fisher_mod.ComponentKey, list[float]] = {}
+        for c in full:
+            for r in c.runs:
+                for k, v in table_from_json(r.metrics.get("change_by_component", {})).items():
+                    acc.setdefault(k, []).append(v)
+        change = {k: float(np.mean(v)) for k, v in acc.items()}
+        fig = fisher_mod.plot_component_heatmap(
+            change,
+            path.with_name(path.stem + "_change.png"),
+            title="mean |w_fine - w_pre| after full fine-tuning",
+            cbar_label="D",
+        )
+        ranked = fisher_mod.rank_components({k: v for k, v in change.items() if k[0] is not None})
+        lines += [
+            "",
+            "## Which components change most under full fine-tuning",
+            "",
+            f"D = mean |w_fine − w_pre| per component and layer, averaged over {len(full)} task(s) and their "
+            f"seeds at the chosen lr. Heat map: `{fig.name}`.",
+            "",
+            fisher_mod.component_markdown(change),
+            "",
+            "Ranking of the per-layer components (mean over layers): "
+            + ", ".join(f"{i + 1}. {c} ({v:.3g})" for i, (c, v) in enumerate(ranked))
+            + ".",
+        ]
+    tables, ftasks = _fisher_tables(sweep, store)
+    if tables:
+        comb = tables["combined"]
+        fig = fisher_mod.plot_component_heatmap(
+            comb,
+            path.with_name(path.stem + "_fisher.png"),
+            log=True,
+            title="Fisher information (normalised per task, summed)",
+            cbar_label="Fisher / scalar",
+        )
+        lines += [
+            "",
+            "## Fisher information by component",
+            "",
+            f"Empirical Fisher of the pretrained encoder with the seed-0 head, from "
+            f"{base['fisher_samples']} training examples per task ({', '.join(ftasks)}), each task "
+            "normalised to sum 1 over all scalars, summed over tasks, then averaged per scalar of each "
+            f"component. Heat map: `{fig.name}`.",
+            "",
+            fisher_mod.component_markdown(comb),
+            "",
+            "| rank | " + " | ".join(["combined", *ftasks]) + " |",
+            "| ---: |" + " --- |" * (1 + len(ftasks)),
+        ]
+        ranks = {
+            k: fisher_mod.rank_components({kk: v for kk, v in tab.items() if kk[0] is not None})
+            for k, tab in tables.items()
+        }
+        for i in range(max(len(v) for v in ranks.values())):
+            cells_ = [ranks[k][i][0] if i < len(ranks[k]) else "" for k in ["combined", *ftasks]]
+            lines.append(f"| {i + 1} | " + " | ".join(cells_) + " |")
+    lines.append("")
+    atomic_write_text(path, "\n".join(lines))
+    return path
