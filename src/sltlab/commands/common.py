@@ -97,10 +97,14 @@ def exec_options(args: argparse.Namespace, default_threads: int = 1) -> Any:
         track=args.track,
     )
     opts.validate()
-    if args.track:
-        from sltlab.runs.tracking import _import_mlflow
+    if opts.executor == "ray" and opts.address and opts.address != "auto":
+        from sltlab.runs.executor import _probe
 
-        _import_mlflow("--track")
+        _probe(opts.address)  # before any store or folder is made
+    if args.track:
+        from sltlab.runs.tracking import check_track
+
+        check_track(args.track)
     return opts
 
 

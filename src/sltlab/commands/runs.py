@@ -13,12 +13,15 @@ examples:
   sltlab runs list --kind approx --status all
   sltlab runs show approx-3f2a             # one run: config, metrics, timings (id prefixes are fine)
   sltlab runs export --kind glue --csv glue.csv
+  sltlab runs export --mlflow runs/mlflow                # every finished run into an MLflow file store
+  sltlab runs export --kind approx --mlflow sqlite:///runs/mlflow.db
+                                           # then: mlflow ui --backend-store-uri sqlite:///runs/mlflow.db
 """
 
 
 # What `--status` and `--kind` accept; anything else would silently list nothing.
 STATUSES = ("finished", "running", "failed", "diverged", "interrupted", "all")
-KINDS = ("approx", "glue", "lm", "peft", "theory")
+KINDS = ("approx", "glue", "lm", "peft", "peft-fisher", "theory")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kind", help=f"only runs of this kind: {' | '.join(KINDS)}")
     p.add_argument("--status", default="finished", help=f"{' | '.join(STATUSES)} (default finished)")
     p.add_argument("--csv", help="for export: write this CSV file (default: stdout)")
+    p.add_argument("--mlflow", metavar="URI", help="for export: an MLflow tracking store (a folder or "
+                   "sqlite:///file.db; no server needed): params = config, metrics + curves, tags = provenance, "
+                   "the run's files as artifacts")
     p.set_defaults(func=main)
 
 
@@ -46,6 +52,12 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError("--kind", f"unknown kind {args.kind!r}", " | ".join(KINDS))
     if args.csv is not None:
         check_output_file("--csv", args.csv)
+    if args.mlflow is not None:
+        if args.action != "export":
+            raise ConfigError("--mlflow", f"given with `runs {args.action}`", "sltlab runs export --mlflow URI")
+        from sltlab.runs.tracking import _import_mlflow
+
+        _import_mlflow("--mlflow")
     check_store_file("--store", args.store)
     status = None if args.status == "all" else args.status
     with Store(args.store) as store:
@@ -55,7 +67,15 @@ def main(args: argparse.Namespace) -> int:
             rec = store.get(args.run_id)
             print(json.dumps({"run_id": rec.run_id, "kind": rec.kind, "status": rec.status, "seed": rec.seed,
                               "config": rec.config, "metrics": rec.metrics, "timings": rec.timings,
-                              "error": rec.error, "code_version": rec.code_version}, indent=2))
+                              "error": rec.error, "code_version": rec.code_version,
+                              "provenance": rec.provenance, "attempts": rec.attempts, "owner": rec.owner,
+                              "curves": {k: f"{len(v)} points" for k, v in rec.curves.items()}}, indent=2))
+            return 0
+        if args.action == "export" and args.mlflow:
+            from sltlab.runs.tracking import export_mlflow
+
+            n = export_mlflow(store, args.mlflow, args.kind)
+            print(f"exported {n} runs to MLflow at {args.mlflow} (experiment 'sltlab')")
             return 0
         records = store.runs(args.kind, status)
         if args.action == "export":

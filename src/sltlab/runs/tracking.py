@@ -119,13 +119,19 @@ class MlflowTracker:
         return mid
 
 
-def make_tracker(spec: str) -> MlflowTracker:
-    """`--track mlflow:URI`."""
+def check_track(spec: str) -> str:
+    """The URI of `--track mlflow:URI` (MLflow importable), before any work starts."""
     kind, _, uri = spec.partition(":")
     if kind != "mlflow" or not uri:
         raise ConfigError("--track", f"unknown tracker {spec!r}", "mlflow:URI, e.g. mlflow:runs/mlflow or "
                           "mlflow:sqlite:///runs/mlflow.db")
-    return MlflowTracker(uri, flag="--track")
+    _import_mlflow("--track")
+    return uri
+
+
+def make_tracker(spec: str) -> MlflowTracker:
+    """`--track mlflow:URI`."""
+    return MlflowTracker(check_track(spec), flag="--track")
 
 
 def export_mlflow(store: Store, uri: str, kind: str | None = None, experiment: str = EXPERIMENT) -> int:

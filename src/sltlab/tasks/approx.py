@@ -29,14 +29,17 @@ from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
 from sltlab.runs.device import check_device_name, check_precision, determinism, resolve_device, run_id_fields
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
+from sltlab.tickets import methods
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
 
 VARIANT_ALIASES = {"ln-integrated": "pre-ln+affine", "no-ln": "none"}
-MASK_VARIANT_METHODS = ("multicoated", "partially-frozen")  # edge-popup searches with a mask variant switched on
-SEARCH_METHODS = ("edge-popup", "annealed", *MASK_VARIANT_METHODS)
-METHODS = (*SEARCH_METHODS, "construct")
+# From the methods registry (sltlab.tickets.methods): every mask method the approximation study offers, and the
+# ones that are edge-popup with a mask variant switched on.
+SEARCH_METHODS = methods.names("approx", ("mask",))
+MASK_VARIANT_METHODS = tuple(m for m in SEARCH_METHODS if methods.REGISTRY[m].variant)
+METHODS = methods.names("approx")
 MAX_GAIN = 1e3
 MAX_INPUT_VALUES = 2**30  # float32 values of the random inputs, train or test
 
@@ -259,7 +262,7 @@ class ApproxRun:
         mask = None
         if self.method in SEARCH_METHODS or self.method == "construct":
             mask = SupermaskConfig(
-                method="annealed" if self.method == "annealed" else "edge-popup", keep=s.keep,
+                method=methods.REGISTRY[self.method].mask.get("method", "edge-popup"), keep=s.keep,
                 scale=s.scale, train_norm=self.norm.affine == "trainable", seed=self.score_seed,
                 **s.mask_variant(self.method, self.seed),
             )

@@ -55,6 +55,7 @@ from sltlab.runs.store import Store
 from sltlab.tasks.glue import TASKS, GlueSplit, TaskInfo, get_task, load_split
 from sltlab.tasks.metrics import compute_metrics, main_metric
 from sltlab.tasks.tokenize import TextEncoder, TokenizerSpec, make_encoder
+from sltlab.tickets import methods
 from sltlab.tickets.checkpoint import ROUND_MASKS_FILE, save_checkpoint, save_round_masks
 from sltlab.tickets.imp import (
     ImpConfig,
@@ -71,10 +72,11 @@ from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, mask_density
 
-METHODS: tuple[str, ...] = ("dense", "edge-popup", "ln-integrated", "annealed", "imp")
-MASKED = ("edge-popup", "ln-integrated", "annealed")
+# From the methods registry (sltlab.tickets.methods): what GLUE offers, which of it is a mask, default lrs.
+METHODS: tuple[str, ...] = methods.names("glue")
+MASKED = methods.names("glue", ("mask",))
 # Adam learning rates that work at the quick scale: scores need far larger steps than weights.
-DEFAULT_LR = {"dense": 1e-3, "imp": 1e-3, "edge-popup": 0.1, "ln-integrated": 0.1, "annealed": 0.1}
+DEFAULT_LR = {m: methods.default_lr(m, "glue") for m in METHODS}
 KIND = "glue"
 
 # The CPU-scale settings behind `sltlab glue --quick` and configs/glue_quick.toml (a test keeps them equal).

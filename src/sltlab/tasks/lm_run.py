@@ -42,13 +42,14 @@ from sltlab.runs.device import (
 )
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tasks.text import VOCAB, check_length, eval_bpb, lm_loss, load_corpus, random_batches
+from sltlab.tickets import methods
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, mask_density, supermasks
 
 KIND = "lm"
 MAX_SEQ_LEN = 65536
-BASE_METHODS = ("dense", "edge-popup", "annealed")
+BASE_METHODS = methods.names("lm")  # the methods registry (sltlab.tickets.methods)
 SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
 
 

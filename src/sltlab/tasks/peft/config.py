@@ -17,12 +17,13 @@ from sltlab.runs.device import (
 )
 from sltlab.tasks.glue import get_task
 from sltlab.tasks.pretrained import model_key, resolve_model_path
+from sltlab.tickets import methods
 
-METHODS: tuple[str, ...] = ("full", "bitfit", "ln", "random", "ln-fisher", "mask", "mask+ln")
+METHODS: tuple[str, ...] = methods.names("peft")  # the methods registry (sltlab.tickets.methods)
 
 
 #: Methods that learn binary masks over the frozen pretrained weights; their `fraction` is the density target.
-MASK_METHODS: tuple[str, ...] = ("mask", "mask+ln")
+MASK_METHODS: tuple[str, ...] = methods.names("peft", ("mask",))
 
 
 #: Kept fraction of the masked weights at the end of training when no fraction is given.
