@@ -275,6 +275,9 @@ def test_bad_folding_values_in_the_studies(tmp_path, capsys):
         GlueRunConfig(n_layers=4, fold=3)
     with pytest.raises(ConfigError, match="'mask_sharing'"):
         GlueRunConfig(n_layers=4, mask_sharing="shared")
+    with pytest.raises(ConfigError, match="IMP does not support folded"):
+        GlueRunConfig(n_layers=4, fold=2, method="imp")
+    GlueRunConfig(n_layers=4, fold=4, method="imp")  # fold = n_layers is the unfolded model
     bad = tmp_path / "bad.toml"
     bad.write_text('n_layers = 4\nfold = 3\nmethods = ["edge-popup"]\n')
     assert cli_main(["lm", str(bad), "--store", str(tmp_path / "s.db")]) == 2

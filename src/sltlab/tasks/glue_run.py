@@ -192,6 +192,10 @@ class GlueRunConfig:
                         fold=self.fold, mask_sharing=self.mask_sharing)
         except ConfigError as err:
             raise ConfigError(err.field.removeprefix("model."), err.problem, err.accepts) from None
+        if self.method == "imp" and self.fold is not None and self.fold < self.n_layers:
+            # its magnitude pruning and baking treat every layer's weight as its own tensor
+            raise ConfigError("fold", "IMP does not support folded (weight-shared) models",
+                              "fold omitted (or = n_layers) with imp, or another method")
         TokenizerSpec(vocab_size=self.vocab_size)
         self.imp_config()
         SearchConfig(
