@@ -269,6 +269,8 @@ def test_bad_folding_values_in_the_studies(tmp_path, capsys):
         ApproxStudy(module="stack", n_blocks=4, widths=(32,), folds=(2, 3))
     with pytest.raises(ConfigError, match="study.mask_sharing"):
         ApproxStudy(module="stack", n_blocks=4, widths=(32,), mask_sharing="shared")
+    with pytest.raises(ConfigError, match="one mask per target block"):
+        ApproxStudy(module="stack", n_blocks=2, widths=(32,), folds=(1,), mask_sharing="shared", methods=("construct",))
     with pytest.raises(ConfigError, match="'lm.fold'"):
         LMStudy(n_layers=4, fold=0)
     with pytest.raises(ConfigError, match="'fold'"):
