@@ -270,12 +270,17 @@ def test_bad_folding_values_in_the_studies(tmp_path, capsys):
         ApproxStudy(module="stack", n_blocks=4, widths=(32,), folds=(2, 3))
     with pytest.raises(ConfigError, match="study.mask_sharing"):
         ApproxStudy(module="stack", n_blocks=4, widths=(32,), mask_sharing="shared")
+    with pytest.raises(ConfigError, match="one mask per target block"):
+        ApproxStudy(module="stack", n_blocks=2, widths=(32,), folds=(1,), mask_sharing="shared", methods=("construct",))
     with pytest.raises(ConfigError, match="'lm.fold'"):
         LMStudy(n_layers=4, fold=0)
     with pytest.raises(ConfigError, match="'fold'"):
         GlueRunConfig(n_layers=4, fold=3)
     with pytest.raises(ConfigError, match="'mask_sharing'"):
         GlueRunConfig(n_layers=4, mask_sharing="shared")
+    with pytest.raises(ConfigError, match="IMP does not support folded"):
+        GlueRunConfig(n_layers=4, fold=2, method="imp")
+    GlueRunConfig(n_layers=4, fold=4, method="imp")  # fold = n_layers is the unfolded model
     bad = tmp_path / "bad.toml"
     bad.write_text('n_layers = 4\nfold = 3\nmethods = ["edge-popup"]\n')
     assert cli_main(["lm", str(bad), "--store", str(tmp_path / "s.db")]) == 2

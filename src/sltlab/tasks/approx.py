@@ -155,6 +155,10 @@ class ApproxStudy:
         if self.mask_sharing == "shared" and not any(f < self.source_layers for f in self.folds):
             raise ConfigError("study.mask_sharing", "'shared' shares a mask among the blocks of a fold stage, but "
                               "no source is folded", "folds = [1, 2] (stages < n_blocks), or 'unshared'")
+        if self.mask_sharing == "shared" and "construct" in self.methods:
+            # the construction builds each block's mask for its own target block; a shared mask would keep the last
+            raise ConfigError("study.mask_sharing", "the construction builds one mask per target block, so it "
+                              "cannot share a mask across a stage", "'unshared' with method construct")
         for i, f in enumerate(self.folds):
             try:
                 ModelConfig(d_model=self.d_model, n_heads=1, n_layers=self.source_layers, fold=f,

@@ -213,6 +213,10 @@ class GlueRunConfig:
             TokenizerSpec(vocab_size=self.vocab_size)
         except ConfigError as err:
             raise ConfigError(err.field.split(".", 1)[-1], err.problem, err.accepts) from None
+        if self.method == "imp" and self.fold is not None and self.fold < self.n_layers:
+            # its magnitude pruning and baking treat every layer's weight as its own tensor
+            raise ConfigError("fold", "IMP does not support folded (weight-shared) models",
+                              "fold omitted (or = n_layers) with imp, or another method")
         try:
             self.imp_config()
         except ConfigError as err:  # ImpConfig names its fields imp.X; this config calls them imp_X
