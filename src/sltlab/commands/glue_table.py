@@ -141,12 +141,15 @@ def handler(args: argparse.Namespace) -> int:
     check_store_file("--store", args.store)
     with Store(args.store) as store:
         records = store.runs("glue", status="finished")
+        n_diverged = len(store.runs("glue", status="diverged"))
+    if n_diverged:
+        print(f"note: {n_diverged} diverged glue run(s) left out (sltlab runs list --kind glue --status diverged)")
     if args.task:
         keep = {t.strip().lower() for t in args.task.split(",")}
         records = [r for r in records if r.config.get("task") in keep]
     if not records:
         print(
-            f"no finished glue runs in {args.store}; run `sltlab glue --config configs/glue_quick.toml` first"
+            f"no finished glue runs in {args.store}; run `sltlab glue configs/glue_quick.toml` first"
         )
         return 1
     rows = summarise(records)
