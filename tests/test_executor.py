@@ -38,6 +38,22 @@ def artifact_bytes(db: Path, run_id: str) -> bytes:
     return (db.parent / "artifacts" / run_id / "toy.bin").read_bytes()
 
 
+def kill_when_started(pid_file: Path, limit_s: float = 60) -> threading.Thread:
+    """A thread that SIGKILLs the process whose pid a toy cell writes to `pid_file` (its worker), once it has."""
+
+    def killer() -> None:
+        t0 = time.time()
+        while time.time() - t0 < limit_s:
+            if pid_file.exists() and pid_file.read_text():
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    return t
+
+
 def test_serial_and_local_agree_bit_for_bit(tmp_path):
     cells = toy_cells(4)
     with Store(tmp_path / "s" / "a.db") as s1:
@@ -82,16 +98,7 @@ def test_local_worker_killed_mid_cell_is_retried(tmp_path, retries, expect):
     kill_dir.mkdir()
     cells = toy_cells(3, per_seed={1: {"kill_dir": str(kill_dir)}})
 
-    def killer():
-        pid_file = kill_dir / "pid-1"
-        for _ in range(600):
-            if pid_file.exists() and pid_file.read_text():
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                return
-            time.sleep(0.1)
-
-    t = threading.Thread(target=killer)
-    t.start()
+    t = kill_when_started(kill_dir / "pid-1")
     with Store(tmp_path / "a.db") as store:
         rep = run_cells(cells, store, ExecOptions(executor="local", workers=2, retries=retries, progress=False),
                         log=lambda _: None)
@@ -228,21 +235,12 @@ def test_ray_sweep_survives_a_killed_worker_and_matches_serial(tmp_path, monkeyp
     with Store(tmp_path / "serial" / "a.db") as s:
         run_cells(toy_cells(6), s, ExecOptions(executor="serial", progress=False))
 
-    def killer():
-        pid_file = kill_dir / "pid-2"
-        for _ in range(1800):
-            if pid_file.exists() and pid_file.read_text():
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-                return
-            time.sleep(0.1)
-
     ex = RayExecutor(workers=2, threads=1, retries=1)
     try:
         assert ray.is_initialized()
         addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
         assert addresses == {"127.0.0.1"}, addresses
-        t = threading.Thread(target=killer)
-        t.start()
+        t = kill_when_started(kill_dir / "pid-2", limit_s=180)
         with Store(tmp_path / "ray" / "a.db") as store:
             rep = run_cells(cells, store, ExecOptions(executor="ray", progress=False), executor=ex)
         t.join()
