@@ -41,7 +41,12 @@ LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """steps: optimiser steps; lr: peak learning rate; temperature_start/end: annealed masks only (geometric)."""
+    """steps: optimiser steps; lr: peak learning rate; temperature_start/end: annealed masks only.
+
+    warmdown_steps: the last this many steps scale the scheduled rate by (steps - step) / warmdown_steps, a linear
+    fall to 0 (the parameter-golf recipe: constant, then a warm-down over the last iterations); 0 = none.
+    temperature_schedule: geometric (T0 (T1/T0)^t, the default), linear (T0 + (T1 - T0) t) or constant (T0), with
+    t = step / (steps - 1) from 0 to 1."""
 
     steps: int = 1000
     lr: float = 0.1
@@ -53,6 +58,8 @@ class SearchConfig:
     grad_clip: float = 0.0
     temperature_start: float = 1.0
     temperature_end: float = 0.05
+    warmdown_steps: int = 0
+    temperature_schedule: Literal["geometric", "linear", "constant"] = "geometric"
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -65,11 +72,27 @@ class SearchConfig:
             raise ConfigError("search.schedule", f"unknown schedule {self.schedule!r}", "constant | cosine")
         if not (0 < self.temperature_end <= self.temperature_start):
             raise ConfigError("search.temperature_end", "needs 0 < temperature_end <= temperature_start")
+        if isinstance(self.warmdown_steps, bool) or not isinstance(self.warmdown_steps, int) or not (
+                0 <= self.warmdown_steps <= self.steps):
+            raise ConfigError("search.warmdown_steps", f"{self.warmdown_steps!r} is not a step count within the "
+                              f"{self.steps} steps", f"an integer in [0, {self.steps}] (0 = no warm-down)")
+        if self.temperature_schedule not in ("geometric", "linear", "constant"):
+            raise ConfigError("search.temperature_schedule", f"unknown schedule {self.temperature_schedule!r}",
+                              "geometric | linear | constant")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def lr_at(self, step: int) -> float:
+        return self._scheduled_lr(step) * self._warmdown(step)
+
+    def _warmdown(self, step: int) -> float:
+        left = self.steps - step
+        if self.warmdown_steps and left < self.warmdown_steps:
+            return max(left, 0) / self.warmdown_steps
+        return 1.0
+
+    def _scheduled_lr(self, step: int) -> float:
         if self.warmup and step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         if self.schedule == "constant":
@@ -79,6 +102,10 @@ class SearchConfig:
 
     def temperature_at(self, step: int) -> float:
         t = step / max(1, self.steps - 1)
+        if self.temperature_schedule == "constant":
+            return self.temperature_start
+        if self.temperature_schedule == "linear":
+            return self.temperature_start + (self.temperature_end - self.temperature_start) * t
         return self.temperature_start * (self.temperature_end / self.temperature_start) ** t
 
 
