@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from sltlab.errors import ArtifactError, ConfigError
-from sltlab.nn.init import InitSpec, init_model, seeded_tensor
-from sltlab.nn.transformer import CausalLM, ModelConfig, MultiHeadAttention
+from sltlab.nn.init import InitSpec, seeded_tensor
+from sltlab.nn.transformer import ModelConfig, MultiHeadAttention
 from sltlab.tasks.lm_run import LMStudy, counted_code_bytes, run_cell
 from sltlab.tasks.text import eval_bpb, split_bytes, token_byte_lengths, tokenize_bpe, train_bpe
 from sltlab.tickets.artifact import decode_ticket, export_ticket, load_ticket

@@ -17,6 +17,7 @@ Stalling: the returned history says how much moved (`mask_changed_fraction`, `pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +38,8 @@ from sltlab.tickets.supermask import get_masks, set_temperature, supermasks
 DIVERGE_FACTOR = 1e3
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+#: Options added after run ids were first published: left out of `SearchConfig.to_dict` at these values.
+LATER_DEFAULTS: dict[str, Any] = {"warmdown_steps": 0, "temperature_schedule": "geometric"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,15 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, less the later options at their defaults: what a study hashes into run ids, so that adding
+        an option never moves an earlier run's id."""
+        out = dataclasses.asdict(self)
+        for name, default in LATER_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
 
     def lr_at(self, step: int) -> float:
         return self._scheduled_lr(step) * self._warmdown(step)
