@@ -311,3 +311,25 @@ def test_recipe_cell_and_int8_dense_cell(corpus_file, tmp_path, monkeypatch):
         _recipe(corpus_file, tokenizer="sentencepiece")
     with pytest.raises(ConfigError, match="lm.vocab_size"):
         _recipe(corpus_file, tokenizer="bpe", vocab_size=100)
+
+
+def test_threshold_forward_trains_on_the_evaluated_mask():
+    """forward_mask="threshold": the training forward is the eval forward (1[s > 0]); the scores still get the
+    sigmoid(s/T) gradient; the default (sample) differs from it and keeps its spec JSON."""
+    cfg = ModelConfig(d_model=16, n_heads=2, n_layers=1, vocab_size=40, max_len=8)
+    spec = ModelSpec("causal-lm", cfg, InitSpec(seed=1),
+                     SupermaskConfig(method="annealed", seed=1, forward_mask="threshold", temperature=0.5))
+    model = build_model(spec)
+    idx = torch.randint(0, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    model.train()
+    out = model(idx)
+    out.square().mean().backward()
+    assert all(sm.scores.grad is not None and sm.scores.grad.abs().sum() > 0 for sm in supermasks(model).values())
+    model.eval()
+    assert torch.equal(out.detach(), model(idx))
+    sampled = build_model(ModelSpec("causal-lm", cfg, InitSpec(seed=1), SupermaskConfig(method="annealed", seed=1)))
+    sampled.train()
+    assert not torch.equal(sampled(idx), out.detach())
+    assert "forward_mask" not in SupermaskConfig(method="annealed").to_dict()
+    with pytest.raises(ConfigError, match="forward_mask"):
+        SupermaskConfig(method="annealed", forward_mask="mean")  # type: ignore[arg-type]

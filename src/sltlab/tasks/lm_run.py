@@ -61,7 +61,7 @@ BASE_METHODS = ("dense", "edge-popup", "annealed")
 SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
 RECIPE_DEFAULTS: dict[str, Any] = {
     "n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None, "lr_schedule": "cosine",
-    "warmdown_steps": 0, "temperature_schedule": "geometric", "tokenizer": "bytes",
+    "warmdown_steps": 0, "temperature_schedule": "geometric", "forward_mask": "sample", "tokenizer": "bytes",
 }
 
 
@@ -117,6 +117,9 @@ class LMStudy:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmdown_steps: int = 0                # linear lr fall to 0 over the last this many steps
     temperature_schedule: Literal["geometric", "linear", "constant"] = "geometric"
+    # annealed masks: train on a sample of Bernoulli(sigmoid(s/T)) ("sample"), or on the mask evaluation uses,
+    # 1[s > 0], with the sigmoid's gradient ("threshold": the recipe's fix, docs/results/lm.md)
+    forward_mask: Literal["sample", "threshold"] = "sample"
     tokenizer: Literal["bytes", "bpe"] = "bytes"
     vocab_size: int = 1024                 # the BPE's vocabulary (bytes: always 256)
     # The equal-bytes partner: dense cells use this width instead of d_model (an int8 dense model stored in
@@ -164,6 +167,9 @@ class LMStudy:
         check_range("lm.eval_bytes", self.eval_bytes, 0)
         check_device_name(self.device, "lm.device")
         check_precision(self.precision, "lm.precision")
+        if self.forward_mask not in ("sample", "threshold"):
+            raise ConfigError("lm.forward_mask", f"unknown forward mask {self.forward_mask!r}",
+                              "sample | threshold (annealed masks)")
         if self.tokenizer not in ("bytes", "bpe"):
             raise ConfigError("lm.tokenizer", f"unknown tokenizer {self.tokenizer!r}",
                               "bytes (256 byte values) | bpe (byte-level BPE of vocab_size tokens)")
@@ -261,6 +267,7 @@ class LMRun:
             cfg["vocab_size"] = s.vocab_size
         if self.method != "annealed":
             cfg.pop("temperature_schedule", None)
+            cfg.pop("forward_mask", None)
         if self.method == "dense" and s.dense_d_model is not None:
             cfg["d_model"] = s.dense_d_model
         return cfg
@@ -301,6 +308,7 @@ class LMRun:
                 free=SCALE_FREE if self.scales else (),
                 seed=self.seed,
                 temperature=s.temperature_start,
+                forward_mask=s.forward_mask if self.method == "annealed" else "sample",
             )
         return ModelSpec("causal-lm", cfg, init, mask, {"logit_scale": self.scales})
 
