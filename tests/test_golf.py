@@ -306,7 +306,13 @@ def test_recipe_cell_and_int8_dense_cell(corpus_file, tmp_path, monkeypatch):
     cfg = ticket.config_dict()
     assert cfg["tie_embeddings"] is True and cfg["warmdown_steps"] == 10 and cfg["vocab_size"] == 300
     plain = LMStudy(dataset=corpus_file).cells()[0].config_dict()
-    assert not {"tie_embeddings", "warmdown_steps", "vocab_size", "tokenizer", "n_kv_heads"} & set(plain)
+    assert not {"tie_embeddings", "warmdown_steps", "vocab_size", "tokenizer", "n_kv_heads", "lr_scales",
+                "forward_mask"} & set(plain)
+    scaled = _recipe(corpus_file, lr_scales=0.01, forward_mask="threshold").cells()
+    assert {r.method: r.config_dict().get("lr_scales") for r in scaled} == {
+        "dense": None, "edge-popup": 0.01, "annealed": 0.01}
+    assert {r.method: r.config_dict().get("forward_mask") for r in scaled} == {
+        "dense": None, "edge-popup": None, "annealed": "threshold"}
     with pytest.raises(ConfigError, match="lm.tokenizer"):
         _recipe(corpus_file, tokenizer="sentencepiece")
     with pytest.raises(ConfigError, match="lm.vocab_size"):

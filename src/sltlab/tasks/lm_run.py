@@ -62,6 +62,7 @@ SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
 RECIPE_DEFAULTS: dict[str, Any] = {
     "n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None, "lr_schedule": "cosine",
     "warmdown_steps": 0, "temperature_schedule": "geometric", "forward_mask": "sample", "tokenizer": "bytes",
+    "lr_scales": None,
 }
 
 
@@ -120,6 +121,9 @@ class LMStudy:
     # annealed masks: train on a sample of Bernoulli(sigmoid(s/T)) ("sample"), or on the mask evaluation uses,
     # 1[s > 0], with the sigmoid's gradient ("threshold": the recipe's fix, docs/results/lm.md)
     forward_mask: Literal["sample", "threshold"] = "sample"
+    # peak lr of the trainable floats that are not scores (the scale groups, a trainable norm) in ticket runs;
+    # None = the method's own lr (scores and scales alike, as before)
+    lr_scales: float | None = None
     tokenizer: Literal["bytes", "bpe"] = "bytes"
     vocab_size: int = 1024                 # the BPE's vocabulary (bytes: always 256)
     # The equal-bytes partner: dense cells use this width instead of d_model (an int8 dense model stored in
@@ -167,6 +171,8 @@ class LMStudy:
         check_range("lm.eval_bytes", self.eval_bytes, 0)
         check_device_name(self.device, "lm.device")
         check_precision(self.precision, "lm.precision")
+        if self.lr_scales is not None:
+            check_range("lm.lr_scales", self.lr_scales, 0.0, lo_open=True)
         if self.forward_mask not in ("sample", "threshold"):
             raise ConfigError("lm.forward_mask", f"unknown forward mask {self.forward_mask!r}",
                               "sample | threshold (annealed masks)")
@@ -268,6 +274,8 @@ class LMRun:
         if self.method != "annealed":
             cfg.pop("temperature_schedule", None)
             cfg.pop("forward_mask", None)
+        if self.method == "dense":
+            cfg.pop("lr_scales", None)
         if self.method == "dense" and s.dense_d_model is not None:
             cfg["d_model"] = s.dense_d_model
         return cfg
@@ -370,6 +378,7 @@ def run_cell(
             desc=f"lm {run.method_text} s={run.seed}",
             log_every=10,
             precision=s.precision,
+            free_lr=s.lr_scales if run.method != "dense" else None,
         )
     sync(device)
     t2 = time.perf_counter()
