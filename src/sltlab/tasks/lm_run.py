@@ -226,6 +226,12 @@ class LMRun:
         s = self.study
         return {"dense": s.lr_dense, "edge-popup": s.lr_edge_popup, "annealed": s.lr_annealed}[self.method]
 
+    @property
+    def free_lr(self) -> float | None:
+        """The scale groups' own peak lr (lr_scales) where it differs from the method's lr, else None."""
+        ls = self.study.lr_scales
+        return ls if self.method != "dense" and ls is not None and ls != self.lr else None
+
     def config_dict(self) -> dict[str, Any]:
         """What the store hashes: every setting that changes the result (not the store path or study name)."""
         s = self.study
@@ -274,7 +280,7 @@ class LMRun:
         if self.method != "annealed":
             cfg.pop("temperature_schedule", None)
             cfg.pop("forward_mask", None)
-        if self.method == "dense":
+        if self.free_lr is None:  # dense, or the scales at the method's own lr: the same run as before
             cfg.pop("lr_scales", None)
         if self.method == "dense" and s.dense_d_model is not None:
             cfg["d_model"] = s.dense_d_model
@@ -378,7 +384,7 @@ def run_cell(
             desc=f"lm {run.method_text} s={run.seed}",
             log_every=10,
             precision=s.precision,
-            free_lr=s.lr_scales if run.method != "dense" else None,
+            free_lr=run.free_lr,
         )
     sync(device)
     t2 = time.perf_counter()
