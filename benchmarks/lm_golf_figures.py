@@ -21,9 +21,9 @@ from sltlab.runs.store import Store
 def label(cfg: dict[str, Any]) -> str:
     name = cfg["method"] + ("+scales" if cfg.get("scales") else "")
     if name == "annealed+scales" and cfg.get("forward_mask") == "threshold":
-        name = "recipe (annealed+scales)"
+        name = "recipe (annealed+scales)" if cfg.get("lr_scales") else "recipe, scales at the mask lr"
     if cfg["method"] == "dense":
-        name += f" d={cfg['d_model']}"
+        name += f" d={cfg['d_model']} lr={cfg['lr']:g}"
     return name
 
 
