@@ -308,9 +308,9 @@ def test_recipe_cell_and_int8_dense_cell(corpus_file, tmp_path, monkeypatch):
     plain = LMStudy(dataset=corpus_file).cells()[0].config_dict()
     assert not {"tie_embeddings", "warmdown_steps", "vocab_size", "tokenizer", "n_kv_heads", "lr_scales",
                 "forward_mask"} & set(plain)
-    scaled = _recipe(corpus_file, lr_scales=0.01, forward_mask="threshold").cells()
+    scaled = _recipe(corpus_file, lr_scales=0.05, forward_mask="threshold").cells()
     assert {r.method: r.config_dict().get("lr_scales") for r in scaled} == {
-        "dense": None, "edge-popup": None, "annealed": 0.01}  # edge-popup's lr is 0.01 already: the same run
+        "dense": None, "edge-popup": None, "annealed": 0.05}  # edge-popup's lr is 0.05 already: the same run
     assert {r.method: r.config_dict().get("forward_mask") for r in scaled} == {
         "dense": None, "edge-popup": None, "annealed": "threshold"}
     with pytest.raises(ConfigError, match="lm.tokenizer"):
