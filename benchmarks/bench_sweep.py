@@ -87,7 +87,8 @@ def main() -> int:
             "command": "python benchmarks/bench_sweep.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "bench_sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["| executor | cells | wall s | cells/s | efficiency per worker | identical results |", "|---|---|---|---|---|---|"]
+    lines = ["| executor | cells | wall s | cells/s | efficiency per worker | identical results |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['executor']} | {r['cells']} | {r['wall_s']} | {r['cells_per_s']} | {r['efficiency']} | "
                      f"{'yes' if r['identical_to_first'] else 'NO'} |")

@@ -18,10 +18,12 @@ from torch import nn
 from sltlab.errors import ConfigError
 
 Scheme = Literal[
-    "kaiming-uniform", "kaiming-normal", "xavier-uniform", "signed-constant", "scaled-signed-constant", "theory"
+    "kaiming-uniform", "kaiming-normal", "xavier-uniform", "signed-constant", "scaled-signed-constant", "theory",
+    "golf",
 ]
 INIT_SCHEMES: tuple[str, ...] = (
-    "kaiming-uniform", "kaiming-normal", "xavier-uniform", "signed-constant", "scaled-signed-constant", "theory"
+    "kaiming-uniform", "kaiming-normal", "xavier-uniform", "signed-constant", "scaled-signed-constant", "theory",
+    "golf",
 )
 
 
@@ -36,6 +38,12 @@ class InitSpec:
       ticket's activations keep their scale (Ramanujan et al. 2020).
     theory: query/key ~ U[-n_k^(1/4), n_k^(1/4)], value/output ~ U[-1, 1] (Otsuka et al. 2025); the attention
       scales logits by 1/sqrt(n_k) as always; other weights fall back to kaiming-uniform.
+    golf: the parameter-golf supermask submission's init. Xavier-uniform, U[-b, b] with b = gain * sqrt(6 /
+      (fan_in + fan_out)), for embeddings (fan_in = width, fan_out = vocabulary or positions, torch's convention for
+      an [out, in] table), attention and every other projection; He-uniform, b = gain * sqrt(6 / fan_in), for the
+      MLP's pre-activation layer (mlp.fc1); 1-D parameters other than norm gains (biases) zero. Norm gains stay 1:
+      the submission's norms have no gain, and a zero gain would silence the network. Drawn, like every scheme,
+      on the CPU in float32 from a generator keyed by (seed, name, shape, scheme).
     """
 
     scheme: Scheme = "kaiming-uniform"
@@ -75,13 +83,16 @@ def seeded_normal(seed: int, name: str, shape: tuple[int, ...], tag: str, std: f
 
 
 def param_role(name: str) -> str:
-    """q, k, v, o, mlp, embedding or other, from our naming (blocks.N.attn.q.weight ...)."""
+    """q, k, v, o, mlp-in (an MLP's pre-activation layer), embedding or other, from our naming
+    (blocks.N.attn.q.weight ...)."""
     parts = name.split(".")
     in_attention = "attn" in parts or len(parts) == 2  # a standalone MultiHeadAttention names them q.weight ...
     if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in ("q", "k", "v", "o") and in_attention:
         return parts[-2]
     if "emb" in name:
         return "embedding"
+    if len(parts) >= 3 and parts[-3] == "mlp" and parts[-2] == "fc1":
+        return "mlp-in"
     return "other"
 
 
@@ -91,18 +102,28 @@ def canonical_name(name: str) -> str:
 
 
 def seeded_tensor(
-    spec: InitSpec, name: str, shape: tuple[int, ...], *, n_k: int | None = None
+    spec: InitSpec, name: str, shape: tuple[int, ...], *, n_k: int | None = None, in_first: bool = False
 ) -> torch.Tensor:
-    """The weight tensor called `name` of this shape, under `spec`. Biases and norms are handled by init_model."""
+    """The weight tensor called `name` of this shape, under `spec`. Biases and norms are handled by init_model.
+
+    in_first: the weight is stored [in, out] (transformers' Conv1D, y = x @ W), so its fan-in is shape[0], not
+    the trailing dimensions (torch's [out, in, ...] layout). Only the bound changes: the draws are the same."""
     shape = tuple(int(s) for s in shape)
     role = param_role(name)
+    g = spec.gain
+    scheme = spec.scheme
+    if scheme == "golf" and len(shape) >= 2:
+        fan_in = shape[0] if in_first else math.prod(shape[1:])
+        fan_out = math.prod(shape[1:]) if in_first else shape[0]
+        b = g * (math.sqrt(6.0 / fan_in) if role == "mlp-in" else math.sqrt(6.0 / (fan_in + fan_out)))
+        return seeded_uniform(spec.seed, name, shape, scheme, -b, b)
     if role == "embedding" or len(shape) == 1:
         fan_in = fan_out = 1
+    elif in_first:
+        fan_in, fan_out = shape[0], math.prod(shape[1:])
     else:
         fan_in = math.prod(shape[1:])
         fan_out = shape[0]
-    g = spec.gain
-    scheme = spec.scheme
     if scheme == "theory":
         if role in ("q", "k"):
             if n_k is None:
@@ -112,6 +133,8 @@ def seeded_tensor(
         if role in ("v", "o"):
             return seeded_uniform(spec.seed, name, shape, scheme, -g, g)
         scheme = "kaiming-uniform"
+    if scheme == "golf":  # a 1-D weight (none in our models): Xavier's bound for a vector, as xavier-uniform does
+        scheme = "xavier-uniform"
     if scheme == "kaiming-uniform":
         b = g * math.sqrt(3.0 / fan_in)
         return seeded_uniform(spec.seed, name, shape, scheme, -b, b)
@@ -134,8 +157,11 @@ def init_model(model: nn.Module, spec: InitSpec) -> nn.Module:
     """Overwrite every parameter of `model` from `spec`: weights by the scheme, biases 0, norm gains and scales 1.
 
     Works on any nn.Module (ours or a Hugging Face one). Supermask scores are left alone: they have their own seed.
+    Scheme golf sets biases 0 as every scheme does (its "zeros for 1-D parameters"); norm gains and scales 1.
     """
     n_k_of = {name: getattr(m, "head_dim_qk", None) for name, m in model.named_modules()}
+    # transformers' Conv1D stores its weight [in, out]; matched by class name so nn/ never imports transformers
+    in_first = {name for name, m in model.named_modules() if type(m).__name__ == "Conv1D"}
     for raw_name, p in model.named_parameters():
         if raw_name.endswith("scores"):
             continue
@@ -143,7 +169,8 @@ def init_model(model: nn.Module, spec: InitSpec) -> nn.Module:
         leaf = name.rsplit(".", 1)[-1]
         if p.ndim >= 2:
             attn_name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
-            p.copy_(seeded_tensor(spec, name, tuple(p.shape), n_k=n_k_of.get(attn_name)))
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            p.copy_(seeded_tensor(spec, name, tuple(p.shape), n_k=n_k_of.get(attn_name), in_first=owner in in_first))
         elif leaf == "bias":
             p.zero_()
         else:

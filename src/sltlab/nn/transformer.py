@@ -52,6 +52,13 @@ class ModelConfig:
     pooling: Literal["mean", "first"] = "mean"
     fold: int | None = None
     mask_sharing: Literal["unshared", "shared"] = "unshared"
+    # The parameter-golf recipe's parts (defaults: off, so every existing spec builds the same network).
+    # n_kv_heads: grouped-query attention, n_heads query heads sharing n_kv_heads key/value heads;
+    # tie_embeddings: the LM head reuses the token embedding's Parameter (one tensor, hence one mask);
+    # logit_softcap: logits -> c * tanh(logits / c).
+    n_kv_heads: int | None = None
+    tie_embeddings: bool = False
+    logit_softcap: float | None = None
 
     def validate(self) -> None:
         for name in ("d_model", "n_heads", "n_layers"):
@@ -67,6 +74,13 @@ class ModelConfig:
                 "a divisor of d_model, or set n_k explicitly",
             )
         self._validate_fold()
+        kv = self.n_kv_heads
+        if kv is not None and (isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.n_heads % kv):
+            raise ConfigError("model.n_kv_heads", f"{kv!r} key/value heads cannot be shared evenly by "
+                              f"n_heads={self.n_heads} query heads", "a divisor of n_heads, or omitted (= n_heads)")
+        if self.logit_softcap is not None and not (self.logit_softcap > 0 and math.isfinite(self.logit_softcap)):
+            raise ConfigError("model.logit_softcap", f"{self.logit_softcap!r} is not a positive number",
+                              "a number > 0 (e.g. 30), or omitted for no cap")
 
     def _validate_fold(self) -> None:
         f = self.fold
@@ -95,6 +109,10 @@ class ModelConfig:
         return self.n_v if self.n_v is not None else self.head_dim_qk
 
     @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
     def ff_width(self) -> int:
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
 
@@ -113,18 +131,23 @@ class ModelConfig:
 
 
 class MultiHeadAttention(nn.Module):
-    """softmax(q k^T / sqrt(n_k)) v, per head; q, k: d -> H*n_k, v: d -> H*n_v, o: H*n_v -> d."""
+    """softmax(q k^T / sqrt(n_k)) v, per head; q: d -> H*n_k, k: d -> G*n_k, v: d -> G*n_v, o: H*n_v -> d.
 
-    def __init__(self, d: int, n_heads: int, n_k: int, n_v: int, bias: bool = False):
+    G = n_kv_heads (default H): grouped-query attention, query heads h*H/G .. (h+1)*H/G - 1 read key/value head h.
+    With G = H the layer is plain multi-head attention, same parameter names and shapes."""
+
+    def __init__(self, d: int, n_heads: int, n_k: int, n_v: int, bias: bool = False, n_kv_heads: int | None = None):
         super().__init__()
-        self.n_heads, self.head_dim_qk, self.head_dim_v = n_heads, n_k, n_v
+        kv = n_heads if n_kv_heads is None else n_kv_heads
+        self.n_heads, self.n_kv_heads, self.head_dim_qk, self.head_dim_v = n_heads, kv, n_k, n_v
         self.q = nn.Linear(d, n_heads * n_k, bias=bias)
-        self.k = nn.Linear(d, n_heads * n_k, bias=bias)
-        self.v = nn.Linear(d, n_heads * n_v, bias=bias)
+        self.k = nn.Linear(d, kv * n_k, bias=bias)
+        self.v = nn.Linear(d, kv * n_v, bias=bias)
         self.o = nn.Linear(n_heads * n_v, d, bias=bias)
-        # Tells per-head supermask scales how the heads lie in each weight: (n_heads, axis).
-        for lin in (self.q, self.k, self.v):
-            lin._sltlab_heads = (n_heads, 0)  # type: ignore[attr-defined]
+        # Tells per-head supermask scales how the heads lie in each weight: (heads, axis).
+        self.q._sltlab_heads = (n_heads, 0)  # type: ignore[attr-defined]
+        for lin in (self.k, self.v):
+            lin._sltlab_heads = (kv, 0)  # type: ignore[attr-defined]
         self.o._sltlab_heads = (n_heads, 1)  # type: ignore[attr-defined]
 
     def forward(
@@ -138,8 +161,12 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         H = self.n_heads
         q = self.q(x).view(B, T, H, self.head_dim_qk).transpose(1, 2)
-        k = self.k(x).view(B, T, H, self.head_dim_qk).transpose(1, 2)
-        v = self.v(x).view(B, T, H, self.head_dim_v).transpose(1, 2)
+        G = self.n_kv_heads
+        k = self.k(x).view(B, T, G, self.head_dim_qk).transpose(1, 2)
+        v = self.v(x).view(B, T, G, self.head_dim_v).transpose(1, 2)
+        if G != H:  # each key/value head serves H / G consecutive query heads
+            k = k.repeat_interleave(H // G, dim=1)
+            v = v.repeat_interleave(H // G, dim=1)
         mask = None
         if pad_mask is not None:
             mask = pad_mask[:, None, None, :].bool()
@@ -184,7 +211,8 @@ class Block(nn.Module):
         # (Registration order stays attn, norm1, mlp, norm2: state-dict order, hence artifact bytes, depend on it.)
         tied = (lambda: torch.device("meta")) if tie_to is not None else contextlib.nullcontext
         with tied():
-            self.attn = MultiHeadAttention(d, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias)
+            self.attn = MultiHeadAttention(d, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias,
+                                           n_kv_heads=cfg.n_kv_heads)
         self.norm1 = make_norm(cfg.norm, d)
         with tied():
             self.mlp = MLP(d, cfg.ff_width, bias=cfg.bias, activation=cfg.activation) if cfg.mlp else None
@@ -323,7 +351,10 @@ class EncoderClassifier(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """A decoder-only LM: embeddings, causal stack, optional learned pre-logit scale, linear LM head."""
+    """A decoder-only LM: embeddings, causal stack, optional learned pre-logit scale, linear LM head.
+
+    cfg.tie_embeddings: lm_head.weight *is* tok_emb.weight (one Parameter: drawn once, by the embedding's name,
+    masked once, stored once); cfg.logit_softcap = c: logits -> c * tanh(logits / c), after the pre-logit scale."""
 
     def __init__(self, cfg: ModelConfig, logit_scale: bool = False):
         super().__init__()
@@ -334,6 +365,8 @@ class CausalLM(nn.Module):
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
         self.stack = Stack(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
         self.logit_scale = nn.Parameter(torch.ones(())) if logit_scale else None
 
     def forward(self, idx: torch.Tensor, need_weights: bool = False):
@@ -346,6 +379,9 @@ class CausalLM(nn.Module):
         logits = self.lm_head(h)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
+        if self.cfg.logit_softcap is not None:
+            cap = self.cfg.logit_softcap
+            logits = torch.tanh(logits / cap) * cap
         return (logits, attns) if need_weights else logits
 
 
@@ -359,7 +395,8 @@ class NormedAttention(nn.Module):
         super().__init__()
         self.placement = cfg.norm.placement
         self.norm = make_norm(cfg.norm, cfg.d_model)
-        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias)
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias,
+                                       n_kv_heads=cfg.n_kv_heads)
 
     def forward(
         self, x: torch.Tensor, pad_mask: torch.Tensor | None = None, causal: bool = False,

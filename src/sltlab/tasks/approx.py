@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -234,7 +234,7 @@ class ApproxRun:
             "width": self.width, "method": self.method, "seed": self.seed, "score_seed": self.score_seed,
             "keep": s.keep, "scale": s.scale, "target_init": s.target_init, "source_init": s.source_init,
             "source_gain": s.source_gain, "seq_len": s.seq_len, "n_train": s.n_train, "n_test": s.n_test,
-            "batch_size": s.batch_size, "search": asdict(s.search),
+            "batch_size": s.batch_size, "search": s.search.to_dict(),
             # only the variant methods' cells carry these, so plain cells keep the run ids they always had
             **{k: list(v) if isinstance(v, tuple) else v for k, v in s.mask_variant(self.method, self.seed).items()
                if k != "frozen_seed"},

@@ -41,7 +41,16 @@ from sltlab.runs.device import (
     to_device,
 )
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
-from sltlab.tasks.text import VOCAB, check_length, eval_bpb, lm_loss, load_corpus, random_batches
+from sltlab.tasks.text import (
+    VOCAB,
+    check_bpe_vocab,
+    check_length,
+    eval_bpb,
+    lm_loss,
+    load_corpus,
+    random_batches,
+    tokenize_bpe,
+)
 from sltlab.tickets import methods
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.spec import ModelSpec, build_model
@@ -51,6 +60,11 @@ KIND = "lm"
 MAX_SEQ_LEN = 65536
 BASE_METHODS = methods.names("lm")  # the methods registry (sltlab.tickets.methods)
 SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
+RECIPE_DEFAULTS: dict[str, Any] = {
+    "n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None, "lr_schedule": "cosine",
+    "warmdown_steps": 0, "temperature_schedule": "geometric", "forward_mask": "sample", "tokenizer": "bytes",
+    "lr_scales": None,
+}
 
 
 def parse_method(text: str, field: str = "lm.methods") -> tuple[str, bool]:
@@ -97,6 +111,25 @@ class LMStudy:
     # a mask per layer ("unshared") or per stage ("shared"). Hashed into run ids only when set.
     fold: int | None = None
     mask_sharing: Literal["unshared", "shared"] = "unshared"
+    # The parameter-golf recipe's parts (docs/results/lm.md). Each is hashed into run ids only when it differs
+    # from its default, so every earlier run keeps its id.
+    n_kv_heads: int | None = None          # grouped-query attention (None = n_heads)
+    tie_embeddings: bool = False           # LM head = token embedding (one tensor, one mask)
+    logit_softcap: float | None = None     # logits -> c tanh(logits / c)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmdown_steps: int = 0                # linear lr fall to 0 over the last this many steps
+    temperature_schedule: Literal["geometric", "linear", "constant"] = "geometric"
+    # annealed masks: train on a sample of Bernoulli(sigmoid(s/T)) ("sample"), or on the mask evaluation uses,
+    # 1[s > 0], with the sigmoid's gradient ("threshold": the recipe's fix, docs/results/lm.md)
+    forward_mask: Literal["sample", "threshold"] = "sample"
+    # peak lr of the trainable floats that are not scores (the scale groups, a trainable norm) in ticket runs;
+    # None = the method's own lr (scores and scales alike, as before)
+    lr_scales: float | None = None
+    tokenizer: Literal["bytes", "bpe"] = "bytes"
+    vocab_size: int = 1024                 # the BPE's vocabulary (bytes: always 256)
+    # The equal-bytes partner: dense cells use this width instead of d_model (an int8 dense model stored in
+    # about the bytes of the supermask model's masks); None = the same shape as the tickets.
+    dense_d_model: int | None = None
     device: str = "auto"
     precision: str = "fp32"
     deterministic: bool = False
@@ -129,7 +162,8 @@ class LMStudy:
         check_range("lm.grad_clip", self.grad_clip, 0.0)
         try:  # the search's own checks (temperatures), now rather than when the first cell starts
             SearchConfig(steps=self.steps, lr=1.0, temperature_start=self.temperature_start,
-                         temperature_end=self.temperature_end)
+                         temperature_end=self.temperature_end, schedule=self.lr_schedule,
+                         warmdown_steps=self.warmdown_steps, temperature_schedule=self.temperature_schedule)
         except ConfigError as err:
             raise ConfigError(err.field.replace("search.", "lm.", 1), err.problem, err.accepts) from None
         check_range("lm.val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -138,9 +172,24 @@ class LMStudy:
         check_range("lm.eval_bytes", self.eval_bytes, 0)
         check_device_name(self.device, "lm.device")
         check_precision(self.precision, "lm.precision")
+        if self.lr_scales is not None:
+            check_range("lm.lr_scales", self.lr_scales, 0.0, lo_open=True)
+        if self.forward_mask not in ("sample", "threshold"):
+            raise ConfigError("lm.forward_mask", f"unknown forward mask {self.forward_mask!r}",
+                              "sample | threshold (annealed masks)")
+        if self.tokenizer not in ("bytes", "bpe"):
+            raise ConfigError("lm.tokenizer", f"unknown tokenizer {self.tokenizer!r}",
+                              "bytes (256 byte values) | bpe (byte-level BPE of vocab_size tokens)")
+        check_bpe_vocab(self.vocab_size, "lm.vocab_size")
+        if self.dense_d_model is not None:
+            check_range("lm.dense_d_model", self.dense_d_model, 1)
+            if self.dense_d_model % self.n_heads:
+                raise ConfigError("lm.dense_d_model", f"{self.dense_d_model} is not divisible by "
+                                  f"n_heads={self.n_heads}", "a multiple of n_heads, or omitted")
         try:
             ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, fold=self.fold,
-                        mask_sharing=self.mask_sharing)
+                        mask_sharing=self.mask_sharing, n_kv_heads=self.n_kv_heads,
+                        logit_softcap=self.logit_softcap)
         except ConfigError as err:
             raise ConfigError(err.field.replace("model.", "lm.", 1), err.problem, err.accepts) from None
         if self.floats not in ("float32", "float16", "bfloat16"):
@@ -177,6 +226,12 @@ class LMRun:
         sampling probabilities), so each has its own."""
         s = self.study
         return {"dense": s.lr_dense, "edge-popup": s.lr_edge_popup, "annealed": s.lr_annealed}[self.method]
+
+    @property
+    def free_lr(self) -> float | None:
+        """The scale groups' own peak lr (lr_scales) where it differs from the method's lr, else None."""
+        ls = self.study.lr_scales
+        return ls if self.method != "dense" and ls is not None and ls != self.lr else None
 
     def config_dict(self) -> dict[str, Any]:
         """What the store hashes: every setting that changes the result (not the store path or study name)."""
@@ -218,22 +273,42 @@ class LMRun:
             cfg["fold"] = s.fold
             if s.mask_sharing != "unshared":
                 cfg["mask_sharing"] = s.mask_sharing
+        for name, default in RECIPE_DEFAULTS.items():  # the recipe's options, only where set
+            if getattr(s, name) != default:
+                cfg[name] = getattr(s, name)
+        if s.tokenizer != "bytes":
+            cfg["vocab_size"] = s.vocab_size
+        if self.method != "annealed":
+            cfg.pop("temperature_schedule", None)
+            cfg.pop("forward_mask", None)
+        if self.free_lr is None:  # dense, or the scales at the method's own lr: the same run as before
+            cfg.pop("lr_scales", None)
+        if self.method == "dense" and s.dense_d_model is not None:
+            cfg["d_model"] = s.dense_d_model
         return cfg
+
+    @property
+    def d_model(self) -> int:
+        s = self.study
+        return s.dense_d_model if self.method == "dense" and s.dense_d_model is not None else s.d_model
 
     def spec(self) -> ModelSpec:
         s = self.study
         norm = NormSpec.parse(s.norm, field="lm.norm")
         cfg = ModelConfig(
-            d_model=s.d_model,
+            d_model=self.d_model,
             n_heads=s.n_heads,
             n_layers=s.n_layers,
             d_ff=s.d_ff,
             norm=norm,
             residual_scales=self.scales,
-            vocab_size=VOCAB,
+            vocab_size=VOCAB if s.tokenizer == "bytes" else s.vocab_size,
             max_len=s.seq_len,
             fold=s.fold,
             mask_sharing=s.mask_sharing,
+            n_kv_heads=s.n_kv_heads,
+            tie_embeddings=s.tie_embeddings,
+            logit_softcap=s.logit_softcap,
         )
         density = s.keep if s.init == "scaled-signed-constant" and self.method != "dense" else 1.0
         scheme: Any = s.init
@@ -248,6 +323,7 @@ class LMRun:
                 free=SCALE_FREE if self.scales else (),
                 seed=self.seed,
                 temperature=s.temperature_start,
+                forward_mask=s.forward_mask if self.method == "annealed" else "sample",
             )
         return ModelSpec("causal-lm", cfg, init, mask, {"logit_scale": self.scales})
 
@@ -258,11 +334,13 @@ class LMRun:
             steps=s.steps,
             lr=lr,
             optimizer="adam",
-            schedule="cosine",
+            schedule=s.lr_schedule,
             warmup=s.warmup,
             grad_clip=s.grad_clip,
             temperature_start=s.temperature_start,
             temperature_end=s.temperature_end,
+            warmdown_steps=s.warmdown_steps,
+            temperature_schedule=s.temperature_schedule,
         )
 
 
@@ -285,6 +363,8 @@ def run_cell(
     s = run.study
     t0 = time.perf_counter()
     corpus = load_corpus(s.dataset, data_root, s.val_fraction)
+    if s.tokenizer == "bpe":
+        corpus = tokenize_bpe(corpus, s.vocab_size)
     check_length(corpus, s.seq_len)
     spec = run.spec()
     device = resolve_device(s.device, "lm.device")
@@ -305,11 +385,13 @@ def run_cell(
             desc=f"lm {run.method_text} s={run.seed}",
             log_every=10,
             precision=s.precision,
+            free_lr=run.free_lr,
         )
     sync(device)
     t2 = time.perf_counter()
     max_bytes = s.eval_bytes or None
-    val_bpb = eval_bpb(model, corpus.val.to(device), s.seq_len, s.eval_batch, max_bytes, progress=progress)
+    val_bpb = eval_bpb(model, corpus.val.to(device), s.seq_len, s.eval_batch, max_bytes, progress=progress,
+                       token_bytes=corpus.token_bytes)
     t3 = time.perf_counter()
     model = model.cpu()
     tail = [h["loss"] for h in history[-5:]]
@@ -325,6 +407,8 @@ def run_cell(
         **history.movement(),
         **corpus.sizes,
     }
+    if corpus.tokenizer_sha256:
+        metrics["tokenizer_sha256"] = corpus.tokenizer_sha256
     if full_curve:
         metrics["_curve"] = [[int(h["step"]), float(h["loss"])] for h in history]
     timings = {"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2}
@@ -349,8 +433,31 @@ def run_cell(
             float_bytes=sizes["floats"],
             mask_bits_per_weight=8 * sizes["masks"] / max(1, _masked_weights(model)),
         )
+        if run.method == "dense":
+            # the int8 + zlib artifact (the competition's dense format), loaded back and scored
+            from sltlab.tickets.quant import export_int8, load_int8
+
+            q_blob = export_int8(model, spec, artifact_dir / "dense.int8")
+            metrics["int8_artifact_bytes"] = len(q_blob)
+            metrics["int8_val_bpb"] = eval_bpb(load_int8(q_blob).to(device), corpus.val.to(device), s.seq_len,
+                                               s.eval_batch, max_bytes, token_bytes=corpus.token_bytes)
+        metrics["code_bytes"] = counted_code_bytes()
         timings["export_s"] = time.perf_counter() - t4
     return model, metrics, timings
+
+
+#: The source files a reader needs to rebuild and score an artifact (model, init, masks, both artifact formats,
+#: the text and its bits per byte), counted as the parameter-golf competition counts its code bytes: raw bytes
+#: of the code, beside the artifact's, toward the 16,000,000-byte cap.
+CODE_FILES = (
+    "errors.py", "nn/__init__.py", "nn/init.py", "nn/norm.py", "nn/transformer.py", "runs/config.py",
+    "tickets/spec.py", "tickets/supermask.py", "tickets/artifact.py", "tickets/quant.py", "tasks/text.py",
+)
+
+
+def counted_code_bytes() -> int:
+    root = Path(__file__).resolve().parent.parent
+    return sum((root / f).stat().st_size for f in CODE_FILES)
 
 
 def _masked_weights(model: nn.Module) -> int:

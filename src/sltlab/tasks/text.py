@@ -1,8 +1,14 @@
 """Byte-level text for language modelling: corpora, train/validation split, batches and bits per byte.
 
-Bytes, not tokens: the vocabulary is the 256 byte values, so the loss per position is directly a cost per
-byte and models with different tokenisers could not game the score. Bits per byte = mean cross-entropy (nats)
-/ ln 2.
+Bytes by default: the vocabulary is the 256 byte values, so the loss per position is directly a cost per
+byte. Bits per byte = mean cross-entropy (nats) / ln 2.
+
+A BPE tokenizer is the option (`tokenize_bpe`, the parameter-golf setting: 1,024 tokens): byte-level BPE
+trained with Hugging Face `tokenizers` on the train split only, cached. Its score is still bits per *byte*,
+exactly: the summed token cross-entropy (nats) over the scored targets / (ln 2 x the UTF-8 bytes those targets
+spell). Byte-level tokens spell exact byte strings, so the denominator is the validation text's own byte count
+(checked when the text is tokenized), and with the byte tokenizer (one byte per token) the two definitions agree.
+So a model cannot game the score by its tokenizer.
 
 Corpora (found under `sltlab.paths.data_dir()`):
     tinyshakespeare  tinyshakespeare/input.txt; the first 90% trains, the last 10% validates (the usual split)
@@ -12,7 +18,9 @@ Corpora (found under `sltlab.paths.data_dir()`):
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,15 +42,23 @@ CORPORA: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class ByteCorpus:
-    """Train and validation bytes as uint8 tensors, and where they came from."""
+    """Train and validation bytes as uint8 tensors (or token ids, when `token_bytes` is set), and where they
+    came from. token_bytes[i]: how many bytes token i spells (None: the tensors are bytes); raw_sizes: the
+    byte counts of the text the tokens came from; tokenizer_sha256 names a trained tokenizer."""
 
     name: str
     train: torch.Tensor
     val: torch.Tensor
+    token_bytes: torch.Tensor | None = None
+    raw_sizes: tuple[int, int] = (0, 0)
+    tokenizer_sha256: str = ""
 
     @property
     def sizes(self) -> dict[str, int]:
-        return {"train_bytes": int(self.train.numel()), "val_bytes": int(self.val.numel())}
+        if self.token_bytes is None:
+            return {"train_bytes": int(self.train.numel()), "val_bytes": int(self.val.numel())}
+        return {"train_bytes": self.raw_sizes[0], "val_bytes": self.raw_sizes[1],
+                "train_tokens": int(self.train.numel()), "val_tokens": int(self.val.numel())}
 
 
 def _bytes_tensor(data: bytes) -> torch.Tensor:
@@ -99,6 +115,84 @@ def load_corpus(dataset: str, data_root: str | Path | None = None, val_fraction:
     return corpus
 
 
+# Bumped whenever the BPE training rule changes, so a cached tokenizer is never reused across rules.
+BPE_RULE = 1
+MAX_BPE_VOCAB = 65536
+
+
+def check_bpe_vocab(vocab_size: int, field: str = "vocab_size") -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not 256 <= vocab_size <= MAX_BPE_VOCAB:
+        raise ConfigError(field, f"{vocab_size!r} is not a BPE vocabulary size",
+                          f"an integer in [256, {MAX_BPE_VOCAB}] (256 byte tokens plus the merges)")
+
+
+def _utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{where}: byte {err.start} (0x{data[err.start]:02x}) is not valid UTF-8; a BPE tokenizer "
+                        "needs UTF-8 text (the byte tokenizer takes any bytes)") from None
+
+
+def train_bpe(train: bytes, vocab_size: int, cache: str | Path | None = None, name: str = "text"):  # noqa: ANN201
+    """A byte-level BPE `tokenizers.Tokenizer` of `vocab_size` tokens trained on `train` only, cached as JSON
+    under <cache>/bpe/<sha256 of the text, size and rule>/tokenizer.json (default: $SLTLAB_CACHE, else
+    runs/cache). Deterministic: the same text gives the same merges in every process (tested in two fresh
+    processes: the trainer's ties fall by count, then by the pair, not by hash-map order, for this rule)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from sltlab.tasks.tokenize import cache_dir
+
+    check_bpe_vocab(vocab_size)
+    key = hashlib.sha256(b"sltlab-bpe|%d|%d|" % (BPE_RULE, vocab_size) + train).hexdigest()
+    path = cache_dir(cache) / "bpe" / key / "tokenizer.json"
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception:  # a damaged cache entry is rebuilt, never trusted
+            pass
+    text = _utf8(train, f"{name} (train split)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False, special_tokens=[])
+    tok.train_from_iterator([text], trainer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(tok.to_str(), encoding="utf-8")
+    os.replace(tmp, path)
+    return tok
+
+
+def token_byte_lengths(tok, vocab_size: int) -> torch.Tensor:  # noqa: ANN001
+    """Bytes spelled by each token id of a byte-level BPE (its characters are one byte each); 0 past the
+    trained vocabulary."""
+    out = torch.zeros(vocab_size, dtype=torch.long)
+    for piece, i in tok.get_vocab().items():
+        if i < vocab_size:
+            out[i] = len(piece)
+    return out
+
+
+def tokenize_bpe(corpus: ByteCorpus, vocab_size: int, cache: str | Path | None = None) -> ByteCorpus:
+    """The corpus as BPE token ids (int32) with the tokenizer trained on its train split; checks that the
+    validation tokens spell exactly the validation text's bytes (what makes bits per byte exact)."""
+    tok = train_bpe(bytes(corpus.train.numpy().tobytes()), vocab_size, cache, corpus.name)
+    lengths = token_byte_lengths(tok, vocab_size)
+    parts = []
+    for split in ("train", "val"):
+        raw = bytes(getattr(corpus, split).numpy().tobytes())
+        ids = tok.encode(_utf8(raw, f"{corpus.name} ({split} split)")).ids
+        t = torch.tensor(ids, dtype=torch.int32)
+        if int(lengths[t.long()].sum()) != len(raw):
+            raise DataError(f"{corpus.name} ({split} split): the BPE tokens spell {int(lengths[t.long()].sum())} "
+                            f"bytes, not the text's {len(raw)}; the tokenizer is not byte-exact")
+        parts.append(t)
+    sha = hashlib.sha256(tok.to_str().encode()).hexdigest()
+    return ByteCorpus(corpus.name, parts[0], parts[1], lengths, (corpus.train.numel(), corpus.val.numel()), sha)
+
+
 def check_length(corpus: ByteCorpus, seq_len: int) -> None:
     for part in ("train", "val"):
         if getattr(corpus, part).numel() < seq_len + 1:
@@ -139,13 +233,21 @@ def eval_bpb(
     batch_size: int = 32,
     max_bytes: int | None = None,
     progress: bool = False,
+    token_bytes: torch.Tensor | None = None,
 ) -> float:
     """Validation bits per byte over non-overlapping windows of seq_len predictions from the start of `data`
     (each window's first byte is predicted from that byte alone; the same rule for every method compared).
-    max_bytes caps how many bytes are scored, for quick runs."""
+    max_bytes caps how many bytes are scored, for quick runs.
+
+    token_bytes (a tokenized `data`): bytes spelled by each token id; bits per byte is then the summed token
+    loss / (ln 2 x the bytes the scored targets spell), and max_bytes caps those bytes."""
     n_pred = data.numel() - 1
     if max_bytes is not None:
-        n_pred = min(n_pred, max_bytes)
+        if token_bytes is None:
+            n_pred = min(n_pred, max_bytes)
+        else:
+            spelled = token_bytes.to(data.device)[data[1:].long()].cumsum(0)
+            n_pred = min(n_pred, int((spelled <= max_bytes).sum()))
     n_win = n_pred // seq_len
     if n_win < 1:
         raise DataError(
@@ -164,7 +266,10 @@ def eval_bpb(
                 logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1), reduction="sum"
             )
             total += float(loss)
-            count += win[:, 1:].numel()
+            if token_bytes is None:
+                count += win[:, 1:].numel()
+            else:
+                count += int(token_bytes.to(data.device)[win[:, 1:]].sum())
     finally:
         model.train(was_training)
     return total / count / math.log(2)

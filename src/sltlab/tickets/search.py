@@ -17,6 +17,7 @@ Stalling: the returned history says how much moved (`mask_changed_fraction`, `pa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,11 +38,18 @@ from sltlab.tickets.supermask import get_masks, set_temperature, supermasks
 DIVERGE_FACTOR = 1e3
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
+#: Options added after run ids were first published: left out of `SearchConfig.to_dict` at these values.
+LATER_DEFAULTS: dict[str, Any] = {"warmdown_steps": 0, "temperature_schedule": "geometric"}
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """steps: optimiser steps; lr: peak learning rate; temperature_start/end: annealed masks only (geometric)."""
+    """steps: optimiser steps; lr: peak learning rate; temperature_start/end: annealed masks only.
+
+    warmdown_steps: the last this many steps scale the scheduled rate by (steps - step) / warmdown_steps, a linear
+    fall to 0 (the parameter-golf recipe: constant, then a warm-down over the last iterations); 0 = none.
+    temperature_schedule: geometric (T0 (T1/T0)^t, the default), linear (T0 + (T1 - T0) t) or constant (T0), with
+    t = step / (steps - 1) from 0 to 1."""
 
     steps: int = 1000
     lr: float = 0.1
@@ -53,6 +61,8 @@ class SearchConfig:
     grad_clip: float = 0.0
     temperature_start: float = 1.0
     temperature_end: float = 0.05
+    warmdown_steps: int = 0
+    temperature_schedule: Literal["geometric", "linear", "constant"] = "geometric"
 
     def validate(self) -> None:
         if self.steps < 1:
@@ -65,11 +75,36 @@ class SearchConfig:
             raise ConfigError("search.schedule", f"unknown schedule {self.schedule!r}", "constant | cosine")
         if not (0 < self.temperature_end <= self.temperature_start):
             raise ConfigError("search.temperature_end", "needs 0 < temperature_end <= temperature_start")
+        if isinstance(self.warmdown_steps, bool) or not isinstance(self.warmdown_steps, int) or not (
+                0 <= self.warmdown_steps <= self.steps):
+            raise ConfigError("search.warmdown_steps", f"{self.warmdown_steps!r} is not a step count within the "
+                              f"{self.steps} steps", f"an integer in [0, {self.steps}] (0 = no warm-down)")
+        if self.temperature_schedule not in ("geometric", "linear", "constant"):
+            raise ConfigError("search.temperature_schedule", f"unknown schedule {self.temperature_schedule!r}",
+                              "geometric | linear | constant")
 
     def __post_init__(self) -> None:
         self.validate()
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields, less the later options at their defaults: what a study hashes into run ids, so that adding
+        an option never moves an earlier run's id."""
+        out = dataclasses.asdict(self)
+        for name, default in LATER_DEFAULTS.items():
+            if out[name] == default:
+                del out[name]
+        return out
+
     def lr_at(self, step: int) -> float:
+        return self._scheduled_lr(step) * self._warmdown(step)
+
+    def _warmdown(self, step: int) -> float:
+        left = self.steps - step
+        if self.warmdown_steps and left < self.warmdown_steps:
+            return max(left, 0) / self.warmdown_steps
+        return 1.0
+
+    def _scheduled_lr(self, step: int) -> float:
         if self.warmup and step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         if self.schedule == "constant":
@@ -79,6 +114,10 @@ class SearchConfig:
 
     def temperature_at(self, step: int) -> float:
         t = step / max(1, self.steps - 1)
+        if self.temperature_schedule == "constant":
+            return self.temperature_start
+        if self.temperature_schedule == "linear":
+            return self.temperature_start + (self.temperature_end - self.temperature_start) * t
         return self.temperature_start * (self.temperature_end / self.temperature_start) ** t
 
 

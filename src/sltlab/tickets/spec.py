@@ -38,6 +38,9 @@ class ModelSpec:
         for name, default in FOLD_DEFAULTS.items():
             if not self.model.folded or out["model"][name] == default:
                 del out["model"][name]
+        for name, default in RECIPE_DEFAULTS.items():  # likewise the golf recipe's options (GQA, ties, cap)
+            if out["model"][name] == default:
+                del out["model"][name]
         if self.mask is not None:
             # Variant options at their defaults stay out, so older specs keep their JSON (and file bytes).
             out["mask"] = self.mask.to_dict()
@@ -56,6 +59,7 @@ class ModelSpec:
 
 
 FOLD_DEFAULTS: dict[str, Any] = {"fold": None, "mask_sharing": "unshared"}
+RECIPE_DEFAULTS: dict[str, Any] = {"n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None}
 
 
 def build_model(spec: ModelSpec) -> nn.Module:

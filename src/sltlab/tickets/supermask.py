@@ -27,6 +27,10 @@ Methods
   of sigmoid(scores / T). The temperature T therefore matters: a high T samples near-random masks (exploration), and
   as T is annealed toward 0 the samples concentrate on the deterministic mask 1[scores > 0], which is what
   evaluation (model.eval()) and `bake` use. (A deterministic `sigmoid(s/T) > 0.5` would be the same mask at every T.)
+  `forward_mask = "threshold"` is that deterministic variant (DESIGN.md's "annealed straight-through": forward
+  M = 1[sigmoid(s/T) > 0.5] = 1[s > 0], backward the sigmoid(s/T) gradient, so T shapes only the gradient, which
+  it concentrates on scores near the boundary). The search then trains the very mask that is evaluated; on the
+  byte LM at the quick budget the sampled forward's noise costs ~0.1 bpb (docs/results/lm.md).
 
 Variants of edge-popup (options of the same config; at their defaults the mask is plain edge-popup, bit for bit)
 - multicoated (Okoshi et al. 2022, "Multicoated Supermasks Enhance Hidden Networks"): `coats = K` nested masks
@@ -102,6 +106,7 @@ class SupermaskConfig:
     frozen_pruned: float = 0.0
     frozen_kept: float = 0.0
     frozen_seed: int = 0
+    forward_mask: Literal["sample", "threshold"] = "sample"  # annealed only: see the module docstring
 
     def resolved_coat_keeps(self) -> tuple[float, ...]:
         """The kept fraction of every coat, outermost (= keep) first."""
@@ -134,6 +139,9 @@ class SupermaskConfig:
             raise ConfigError("mask.scale", f"unknown scale {self.scale!r}", "none | layer | head")
         if self.temperature <= 0:
             raise ConfigError("mask.temperature", f"{self.temperature} must be positive", "a number > 0")
+        if self.forward_mask not in ("sample", "threshold"):
+            raise ConfigError("mask.forward_mask", f"unknown forward mask {self.forward_mask!r}",
+                              "sample (M ~ Bernoulli(sigmoid(s/T))) | threshold (M = 1[s > 0])")
         self._validate_variants()
 
     def _validate_variants(self) -> None:
@@ -183,7 +191,7 @@ class SupermaskConfig:
 
 # The variant options and their "off" values: SupermaskConfig.to_dict leaves them out when they sit here.
 VARIANT_DEFAULTS: dict[str, Any] = {"coats": 1, "coat_keeps": (), "frozen_pruned": 0.0, "frozen_kept": 0.0,
-                                    "frozen_seed": 0}
+                                    "frozen_seed": 0, "forward_mask": "sample"}
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -380,6 +388,7 @@ class Supermask(nn.Module):
         self.users = 1
         self._sample_key: int | None = None
         self._sample: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.threshold_forward = False  # annealed: train on 1[s > 0] instead of a sample (SupermaskConfig.forward_mask)
 
     # -- the binary mask ------------------------------------------------------------------------------
     @property
@@ -455,7 +464,10 @@ class Supermask(nn.Module):
             return self.hard_mask()
         p = torch.sigmoid(self.scores / self.temperature)
         with torch.no_grad():
-            sample = (torch.rand(p.shape, generator=self._sampler(p.device), device=p.device) < p).to(p.dtype)
+            if self.threshold_forward:
+                sample = self.hard_mask()
+            else:
+                sample = (torch.rand(p.shape, generator=self._sampler(p.device), device=p.device) < p).to(p.dtype)
         return p + (sample - p).detach()
 
     def masked(self, w: torch.Tensor) -> torch.Tensor:
@@ -463,6 +475,10 @@ class Supermask(nn.Module):
             return _MaskedWeight.apply(w, self.scores, self.hard_mask(), self.unfrozen)
         if not self.training:
             return w * self.hard_mask()
+        if self.threshold_forward:
+            with torch.no_grad():
+                p = (self.scores / self.temperature).sigmoid_()
+            return _SampledWeight.apply(w, self.scores, self.hard_mask(), p, self.temperature)
         if self.users > 1 and self._sample_key == self.scores._version and self._sample is not None:
             sample, p = self._sample  # a tied weight: every use within one step sees the same sample
         else:
@@ -739,6 +755,7 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> MaskCoverage:
         sm = Supermask(w.shape, cfg.method, cfg.keep, scores, cfg.scale if cfg.scale != "head" or heads else "layer",
                        heads, cfg.temperature, sample_seed=cfg.seed * 1_000_003 + i, coat_keeps=coat_keeps,
                        frozen=frozen)
+        sm.threshold_forward = cfg.method == "annealed" and cfg.forward_mask == "threshold"
         if shared is not None:
             sm.global_threshold = shared
             shared.members.append(sm)
