@@ -262,3 +262,17 @@ def test_report_renders_in_headless_chromium(store_path: Path, tmp_path: Path) -
     assert found is not None, "the probe script did not run"
     ok, total = int(found.group(1)), int(found.group(2))
     assert total >= 5 and ok == total, f"{total - ok} of {total} images failed to load"
+
+
+def test_lm_section_plots_bpb_against_artifact_bytes(tmp_path):
+    from sltlab.report.build import build_report
+
+    with Store(tmp_path / "s.db") as store:
+        for method, scales, size, bpb in (("edge-popup", True, 15052, 3.54), ("dense", False, 440000, 3.51)):
+            rid = store.start("lm", {"method": method, "scales": scales, "dataset": "t", "seed": 0}, 0)
+            extra = {"int8_artifact_bytes": 14443, "int8_val_bpb": 3.77} if method == "dense" else {}
+            store.finish(rid, {"val_bpb": bpb, "artifact_bytes": size, "density": 0.5, **extra})
+    build_report(tmp_path / "s.db", tmp_path / "report")
+    png = tmp_path / "report" / "figures" / "lm_bpb_vs_bytes.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "lm_bpb_vs_bytes.png" in (tmp_path / "report" / "report.md").read_text()

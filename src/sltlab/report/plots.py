@@ -268,3 +268,24 @@ def imp_rounds(
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return to_png(fig)
+
+
+def bpb_vs_bytes(points: Mapping[str, Sequence[tuple[float, float]]], title: str) -> bytes:
+    """Validation bits per byte against artifact bytes (log x), one colour per method, one dot per run."""
+    plt = _plt()
+    labels = sorted(points)
+    col = colours(labels)
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for lab in labels:
+        xs = [x for x, y in points[lab] if math.isfinite(x) and math.isfinite(y) and x > 0]
+        ys = [y for x, y in points[lab] if math.isfinite(x) and math.isfinite(y) and x > 0]
+        if xs:
+            ax.scatter(xs, ys, s=18, color=col[lab], alpha=0.8, label=lab)
+    ax.set_xscale("log")
+    ax.set_xlabel("artifact bytes (log scale)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return to_png(fig)

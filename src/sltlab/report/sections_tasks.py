@@ -8,6 +8,7 @@ from collections import defaultdict
 import numpy as np
 
 from sltlab.analysis import stats
+from sltlab.report import plots
 from sltlab.report.blocks import Section, Table, finite, fmt
 from sltlab.report.context import ReportContext
 from sltlab.report.settings import is_ln
@@ -22,6 +23,23 @@ def _main_metric(rec: RunRecord) -> tuple[str, float | None]:
         if finite(m.get(key)):
             return (name if key == "main" else key), float(m[key])
     return name, None
+
+
+def _lm_bytes_figure(ctx: ReportContext, s: Section, recs: list[RunRecord]) -> None:
+    """Bits per byte against the bytes a model ships in: tickets (.slt) and, for dense runs, their int8 artifact."""
+    points: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in recs:
+        m, c = r.metrics, r.config
+        label = str(c.get("method", "?")) + ("+scales" if c.get("scales") else "")
+        if finite(m.get("artifact_bytes")) and finite(m.get("val_bpb")):
+            points[label].append((float(m["artifact_bytes"]), float(m["val_bpb"])))
+        if finite(m.get("int8_artifact_bytes")) and finite(m.get("int8_val_bpb")):
+            points[f"{label} int8"].append((float(m["int8_artifact_bytes"]), float(m["int8_val_bpb"])))
+    if not points:
+        return
+    name = ctx.figures.add("lm_bpb_vs_bytes.png", plots.bpb_vs_bytes(points, "LM: validation bpb vs artifact bytes"))
+    s.figure(name, "Language models: validation bits per byte against the bytes of the shipped artifact (tickets as "
+             ".slt; dense models float32 and, where recorded, int8 + zlib).")
 
 
 def section_tasks(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Section:
@@ -83,6 +101,8 @@ def section_tasks(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Secti
             s.table(Table(KW_HEADERS, kw_rows, KW_EMPTY))
         if mw_rows:
             s.table(Table(STAT_HEADERS, mw_rows, STAT_EMPTY))
+        if kind == "lm":
+            _lm_bytes_figure(ctx, s, recs)
         ctx.summary[kind] = [{"task": k[0], "method": k[1], "norm": k[2], "values": v} for k, v in cells.items()]
         any_rows = any_rows or bool(rows)
     return s
