@@ -184,6 +184,10 @@ def save_ticket(model: nn.Module, path: str | Path, *, init: InitSpec | None = N
     sms = supermasks(model)
     if not isinstance(cfg, SupermaskConfig) or not sms:
         raise ConfigError("model", "has no supermasks to save", "apply_supermask(model, SupermaskConfig(...)) first")
+    devices = {p.device.type for p in model.parameters()}
+    if devices != {"cpu"}:
+        raise ConfigError("model", f"has parameters on {sorted(devices)}; a ticket is written from the CPU",
+                          "save_ticket(model.cpu(), ...)")
     class_name = type(model).__name__
     if getattr(tf, class_name, None) is not type(model):
         raise ConfigError("model", f"its class {class_name} is not one transformers exports by that name",
