@@ -298,3 +298,27 @@ def test_real_minilm_layernorm_count() -> None:
     m = pre.model
     n_ln = sum(p.numel() for n, p in m.named_parameters() if n in peft.layernorm_names(m))
     assert n_ln == 384 * 2 * (1 + 6 * 2)  # embeddings LN + 2 per layer, gain and bias, hidden 384
+
+
+def test_report_marks_cells_at_the_majority_baseline(tmp_path: Path) -> None:
+    from sltlab.report.peft import BASELINE_MARGIN, TableCell, _claim_by_task, at_baseline, plot_scores
+
+    assert at_baseline(81.2, 81.2) and at_baseline(81.2 + BASELINE_MARGIN, 81.2) and at_baseline(60.0, 81.2)
+    assert not at_baseline(81.2 + BASELINE_MARGIN + 0.1, 81.2)
+    assert not at_baseline(10.0, None) and not at_baseline(10.0, float("nan"))
+    assert at_baseline(float("nan"), 0.0)  # a run with no finite score is not better than anything
+
+    def cell(task: str, label: str, scores: dict[int, float]) -> TableCell:
+        return TableCell(task, label, 1e-3, scores, [], {1e-3: scores})
+
+    cells = {
+        ("rte", "mask@0.9"): cell("rte", "mask@0.9", {0: 60.0, 1: 62.0}),
+        ("rte", "ln"): cell("rte", "ln", {0: 55.0, 1: 58.0, 2: 50.0}),
+        ("mrpc", "mask@0.9"): cell("mrpc", "mask@0.9", {0: 81.0}),
+    }
+    rows = _claim_by_task(cells, ["rte", "mrpc"])
+    # paired over the shared seeds only: (60 - 55 + 62 - 58) / 2; mrpc has no ln cell
+    assert "| mask@0.9 ~ ln | +4.5 (n=2) | – |" in rows
+    assert not any(r.startswith("| full ") for r in rows)  # claims with no pair on any task are left out
+    png = plot_scores(cells, ["rte", "mrpc"], ["ln", "mask@0.9"], {"rte": 52.7, "mrpc": 81.2}, tmp_path / "s.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

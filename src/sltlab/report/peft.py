@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ CLAIMS: tuple[tuple[str, str, str], ...] = (
 
 #: Equivalence margin of "~", in points of the main metric.
 MARGIN = 2.0
+
+#: A method is "not better than the majority baseline" on a task when its seed mean is below the baseline or
+#: within this many points above it (the table marks such cells with a dagger).
+BASELINE_MARGIN = 1.0
 
 
 @dataclass
@@ -100,6 +105,69 @@ def collect_cells(sweep: SweepConfig, store: Store) -> dict[tuple[str, str], Tab
 
 def _fmt(x: float, d: int = 1) -> str:
     return "–" if not math.isfinite(x) else f"{x:.{d}f}"
+
+
+def at_baseline(mean: float, baseline: float | None) -> bool:
+    """Whether a seed mean is not better than the task's majority baseline (below it or within BASELINE_MARGIN)."""
+    if baseline is None or not math.isfinite(baseline):
+        return False
+    return not math.isfinite(mean) or mean <= baseline + BASELINE_MARGIN
+
+
+def _claim_by_task(cells: Mapping[tuple[str, str], TableCell], tasks: list[str]) -> list[str]:
+    """The claims' mean paired difference a − b per task (seeds paired), so a pooled verdict can be traced to
+    the tasks that carry it."""
+    rows = [
+        "| claim | " + " | ".join(tasks) + " |",
+        "| --- |" + " ---: |" * len(tasks),
+    ]
+    for a, b, rel in CLAIMS:
+        vals = []
+        for t in tasks:
+            ca, cb = cells.get((t, a)), cells.get((t, b))
+            seeds = sorted(set(ca.scores) & set(cb.scores)) if ca and cb else []
+            d = [ca.scores[s] - cb.scores[s] for s in seeds] if ca and cb else []
+            vals.append(f"{np.mean(d):+.1f} (n={len(d)})" if d else "–")
+        if any(v != "–" for v in vals):
+            rows.append(f"| {a} {rel} {b} | " + " | ".join(vals) + " |")
+    return rows
+
+
+def plot_scores(
+    cells: Mapping[tuple[str, str], TableCell],
+    tasks: list[str],
+    labels: list[str],
+    baselines: Mapping[str, float],
+    path: Path,
+) -> Path:
+    """One panel per task: every seed's dev score per method (dots), the seed mean (bar), the majority baseline
+    (dashed). A picture shows at once which methods leave the baseline on which task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(2.6 * len(tasks) + 1, 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks, strict=True):
+        for i, lab in enumerate(labels):
+            c = cells.get((t, lab))
+            if c is None:
+                continue
+            ys = list(c.scores.values())
+            ax.scatter([i] * len(ys), ys, s=14, color="C0", zorder=3)
+            ax.hlines(c.mean, i - 0.3, i + 0.3, color="C1", lw=2, zorder=2)
+        if t in baselines and math.isfinite(baselines[t]):
+            ax.axhline(baselines[t], color="grey", ls="--", lw=1, label="majority")
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{t} ({main_metric(t)})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("dev score (points)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _claim_rows(
@@ -217,11 +285,17 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
     n_runs = sum(len(c.runs) for c in cells.values())
     select = "by the first seed" if sweep.lr_select == "first-seed" else "by the seed mean"
     n_all = sum(len(v) for c in cells.values() for v in c.grid.values())
+    baselines: dict[str, float] = {}
+    with contextlib.suppress(SltlabError):  # no data here: the report still renders from the store alone
+        baselines = {t: majority_baseline(t, base, data_dir) for t in tasks}
+    masks = any(lab.startswith("mask") for lab in labels)
+    dev_set = "every example" if base["dev_limit"] is None else f"a fixed subsample of {base['dev_limit']} examples"
     lines = [
-        "# Parameter-efficient fine-tuning: LayerNorm, BitFit, random and Fisher-selected subsets",
+        "# Parameter-efficient fine-tuning: LayerNorm, BitFit, random and Fisher-selected subsets"
+        + (", and masks over the pretrained weights" if masks else ""),
         "",
         f"Model: `{base['model']}` ({model_label(base['model'])}). Main metric in points (x100) on the dev "
-        f"set (fixed subsample of {base['dev_limit'] or 'all'} examples), mean ± sd over seeds at the "
+        f"set ({dev_set}), mean ± sd over seeds at the "
         f"learning rate chosen on dev ({select}). Training: {base['subsample'] or 'all'} examples, "
         f"{base['epochs']} epoch(s), batch {base['batch_size']}, max_len {base['max_len']}, AdamW (decay "
         f"{base['weight_decay']}) with warm-up {base['warmup_frac']} and cosine decay; every method also "
@@ -255,7 +329,8 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
                 row.append("not run")
                 continue
             means.append(c.mean)
-            row.append(f"{_fmt(c.mean)} ± {_fmt(c.sd)} (n={len(c.scores)})")
+            mark = " †" if at_baseline(c.mean, baselines.get(t)) else ""
+            row.append(f"{_fmt(c.mean)} ± {_fmt(c.sd)} (n={len(c.scores)}){mark}")
             m = c.runs[0].metrics
             trainable = f"{m['trainable_body']:,}"
             share = f"{100 * m['share']:.4f}%"
@@ -264,13 +339,17 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
                 stored = f"{m['stored_floats']:,}{bits} ({m['stored_bytes']:,})"
         avg = _fmt(float(np.mean(means))) if len(means) == len(tasks) else "–"
         lines.append(f"| {lab} | " + " | ".join(row) + f" | {avg} | {trainable} | {share} | {stored} |")
-    baselines: dict[str, float] = {}
-    try:
-        baselines = {t: majority_baseline(t, base, data_dir) for t in tasks}
+    if baselines:
         majority = [_fmt(baselines[t]) for t in tasks]
         lines.append("| *majority class / constant* | " + " | ".join(majority) + " | | 0 | 0% | 0 |")
-    except SltlabError:
-        pass  # no data here: the report still renders from the store alone
+        flagged = sum(at_baseline(c.mean, baselines.get(t)) for (t, _), c in cells.items())
+        fig = plot_scores(cells, tasks, labels, baselines, path.with_name(path.stem + "_scores.png"))
+        lines += [
+            "",
+            f"† not better than the task's majority-class (STS-B: constant) baseline: the seed mean is below it or "
+            f"within {BASELINE_MARGIN:g} point above it ({flagged} of {len(cells)} cells). Every seed's score "
+            f"per task and method: `{fig.name}`.",
+        ]
     lines += [
         "",
         "## Every cell at its chosen lr",
@@ -320,6 +399,7 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
         "",
     ]
     lines += _claim_rows(cells, tasks, baselines)
+    lines += ["", "Mean paired difference a − b (points) by task:", "", *_claim_by_task(cells, tasks)]
     # component change after full fine-tuning
     full = [c for (t, lab), c in cells.items() if lab == "full"]
     if full:

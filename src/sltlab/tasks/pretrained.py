@@ -158,6 +158,8 @@ def _load_encoder(path: Path) -> tuple[nn.Module, Any, str, int]:
     import transformers
 
     transformers.logging.set_verbosity_error()  # "some weights were not used" (the pooler) is expected noise
+    # one "Loading weights" bar per cell would interleave with the sweep's own progress bar
+    transformers.logging.disable_progress_bar()
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
         encoder = transformers.AutoModel.from_pretrained(str(path), local_files_only=True)

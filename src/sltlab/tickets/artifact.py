@@ -287,27 +287,13 @@ def export_ticket(
 
         raise ConfigError("floats", f"unknown float format {floats!r}", " | ".join(FLOAT_DTYPES))
     model = model.cpu()
-    sequences: list[torch.Tensor] = []
-    layouts: list[tuple[str, Supermask, int, int]] = []  # name, supermask, first sequence, number of sequences
-    for name, sm in stored_supermasks(model).items():
+    sms = stored_supermasks(model)
+    for name, sm in sms.items():
         if sm.is_plain and spec.mask is not None and not spec.mask.is_plain:
             raise ArtifactError(f"mask {name!r} is a plain supermask but the spec asks for coats or frozen parts; "
                                 "export the model with the spec it was built from")
-        seqs = [sm.hard_mask().bool()] if sm.is_plain else _variant_sequences(name, sm, spec)
-        layouts.append((name, sm, len(sequences), len(seqs)))
-        sequences += seqs
-    stream, counts = encode_masks(sequences)
-    mask_entries: list[dict[str, Any]] = []
-    for name, sm, start, n_seq in layouts:
-        entry: dict[str, Any] = {"name": name, "shape": list(sm.scores.shape)}
-        if sm.is_plain:
-            entry["ones"] = counts[start]
-        else:
-            entry["coats"] = sm.coats
-            entry["frozen"] = sm.unfrozen is not None
-            entry["streams"] = [[sequences[j].numel(), counts[j]] for j in range(start, start + n_seq)]
-        mask_entries.append(entry)
-    version = _PLAIN_VERSION if all(sm.is_plain for _, sm, _, _ in layouts) else FORMAT_VERSION
+    stream, mask_entries = code_supermasks(sms, spec)
+    version = _PLAIN_VERSION if all(sm.is_plain for sm in sms.values()) else FORMAT_VERSION
     payload = bytearray(stream)
     free = _free_floats(model, spec)
     float_entries = []
@@ -357,6 +343,44 @@ def export_ticket(
     if path is not None:
         atomic_write_bytes(path, blob)
     return blob
+
+
+def code_supermasks(sms: dict[str, Supermask], spec: Any) -> tuple[bytes, list[dict[str, Any]]]:
+    """Every supermask's mask range-coded in turn into one stream, and the mask table that describes it: per
+    mask its name and shape, then "ones" (plain) or "coats", "frozen" and the (n, ones) of each coat's stream.
+
+    The one layout of coded masks, shared by the `.slt` artifact and Hugging Face ticket folders (tickets/hf.py).
+    `spec` regenerates frozen parts (a ModelSpec, or anything with `.mask` and `.init`)."""
+    sequences: list[torch.Tensor] = []
+    layouts: list[tuple[str, Supermask, int, int]] = []  # name, supermask, first sequence, number of sequences
+    for name, sm in sms.items():
+        seqs = [sm.hard_mask().bool()] if sm.is_plain else _variant_sequences(name, sm, spec)
+        layouts.append((name, sm, len(sequences), len(seqs)))
+        sequences += seqs
+    stream, counts = encode_masks(sequences)
+    entries: list[dict[str, Any]] = []
+    for name, sm, start, n_seq in layouts:
+        entry: dict[str, Any] = {"name": name, "shape": list(sm.scores.shape)}
+        if sm.is_plain:
+            entry["ones"] = counts[start]
+        else:
+            entry["coats"] = sm.coats
+            entry["frozen"] = sm.unfrozen is not None
+            entry["streams"] = [[sequences[j].numel(), counts[j]] for j in range(start, start + n_seq)]
+        entries.append(entry)
+    return stream, entries
+
+
+def decode_supermasks(entries: list[tuple[str, tuple[int, ...], list[tuple[int, int]]]], data: bytes, spec: Any,
+                      plain: bool, source: str) -> dict[str, torch.Tensor]:
+    """Inverse of code_supermasks once the mask table is checked: `entries` = (name, shape, [(n, ones) per
+    stream]). Name -> bool mask (plain) or per-weight coat count (uint8, variants)."""
+    decoded = iter(decode_masks(data, [pair for _, _, pairs in entries for pair in pairs]))
+    out: dict[str, torch.Tensor] = {}
+    for name, shape, pairs in entries:
+        seqs = [next(decoded) for _ in pairs]
+        out[name] = seqs[0].reshape(shape) if plain else _coat_count_from_streams(spec, name, shape, seqs, source)
+    return out
 
 
 def _variant_sequences(name: str, sm: Supermask, spec: ModelSpec) -> list[torch.Tensor]:
@@ -496,18 +520,12 @@ def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
     _need(isinstance(stream_h, dict), "no mask stream record")
     _need(stream_h.get("coder") == MASK_CODER, f"the masks use an unknown coder {stream_h.get('coder')!r}")
     data = _slice(payload, stream_h, "the mask stream")
-    decoded = iter(decode_masks(data, [pair for _, _, pairs in entries for pair in pairs]))
-    masks: dict[str, torch.Tensor] = {}
+    masks = decode_supermasks(entries, data, spec, not variant, source)
     coats: dict[str, torch.Tensor] = {}
-    for name, shape, pairs in entries:
-        seqs = [next(decoded) for _ in pairs]
-        if not variant:
-            masks[name] = seqs[0].reshape(shape)
-            continue
-        count = _coat_count_from_streams(spec, name, shape, seqs, source)
-        masks[name] = count.bool()
+    if variant:
         if spec.mask.coats > 1:  # type: ignore[union-attr]
-            coats[name] = count
+            coats = dict(masks)
+        masks = {name: count.bool() for name, count in masks.items()}
     sizes["masks"] = len(data)
     floats: dict[str, torch.Tensor] = {}
     for i, e in enumerate(floats_h):

@@ -45,10 +45,8 @@ from sltlab.runs.store import atomic_write_bytes
 from sltlab.tickets.artifact import (
     MASK_CODER,
     _bits_equal,
-    _coat_count_from_streams,
-    _variant_sequences,
-    decode_masks,
-    encode_masks,
+    code_supermasks,
+    decode_supermasks,
     fix_mask,
 )
 from sltlab.tickets.supermask import SupermaskConfig, apply_supermask, supermasks
@@ -214,26 +212,11 @@ def save_ticket(model: nn.Module, path: str | Path, *, init: InitSpec | None = N
             raise ConfigError("model", f"tensor {name} has dtype {t.dtype}; only float tensors can be stored",
                               "a model whose state beyond the seed is float")
         floats[name] = t.clone().contiguous()
-    # the masks, in the artifact coder's layout
-    sequences: list[torch.Tensor] = []
-    layout: list[tuple[str, Any, int, int]] = []
-    shim = _mask_shim(cfg)
     for name, sm in sms.items():
         if sm.is_plain != cfg.is_plain:
             raise ConfigError("mask", f"mask {name!r} does not match the SupermaskConfig's variant settings",
                               "pass the SupermaskConfig given to apply_supermask (mask=...)")
-        seqs = [sm.hard_mask().bool()] if sm.is_plain else _variant_sequences(name, sm, shim)
-        layout.append((name, sm, len(sequences), len(seqs)))
-        sequences += seqs
-    stream, counts = encode_masks(sequences)
-    entries: list[dict[str, Any]] = []
-    for name, sm, start, n_seq in layout:
-        entry: dict[str, Any] = {"name": name, "shape": list(sm.scores.shape)}
-        if sm.is_plain:
-            entry["ones"] = counts[start]
-        else:
-            entry["streams"] = [[sequences[j].numel(), counts[j]] for j in range(start, start + n_seq)]
-        entries.append(entry)
+    stream, entries = code_supermasks(sms, _mask_shim(cfg))
     from safetensors.torch import save as st_save
 
     floats_bytes = st_save(floats) if floats else st_save({})
@@ -334,17 +317,8 @@ def _decode_masks(manifest: dict[str, Any], data: bytes, cfg: SupermaskConfig,
             _need(ok, source, f"mask {e['name']!r} has a bad coat count")
             pairs.append((pair[0], pair[1]))
         entries.append((e["name"], tuple(shape), pairs))
-    decoded = iter(decode_masks(data, [p for _, _, pairs in entries for p in pairs]))
-    out: dict[str, torch.Tensor] = {}
-    shim = _mask_shim(cfg)
-    for name, shape, pairs in entries:
-        seqs = [next(decoded) for _ in pairs]
-        if cfg.is_plain:
-            out[name] = seqs[0].reshape(shape)
-        else:
-            count = _coat_count_from_streams(shim, name, shape, seqs, source)
-            out[name] = count if cfg.coats > 1 else count.bool()
-    return out
+    out = decode_supermasks(entries, data, _mask_shim(cfg), cfg.is_plain, source)
+    return out if cfg.is_plain or cfg.coats > 1 else {name: count.bool() for name, count in out.items()}
 
 
 def load_ticket(path: str | Path) -> nn.Module:
