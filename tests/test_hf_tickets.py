@@ -208,9 +208,13 @@ def test_multicoated_and_frozen_masks_round_trip(tmp_path: Path) -> None:
     init_model(m, init)
     apply_supermask(m, SupermaskConfig(keep=0.6, coats=3, frozen_pruned=0.1, frozen_kept=0.1, frozen_seed=4))
     run_search(m, _loss, [_ids()], SearchConfig(steps=2, lr=0.1), progress=False)
-    loaded = sltlab.load_ticket(sltlab.save_ticket(m, tmp_path / "t", init=init))
+    folder = sltlab.save_ticket(m, tmp_path / "t", init=init)
+    loaded = sltlab.load_ticket(folder)
     m.eval()
     assert torch.equal(m(_ids(1)).logits, loaded(_ids(1)).logits)
+    # the .slt artifact's mask table layout (tickets.artifact.code_supermasks): coats, frozen, one stream per coat
+    table = json.loads((folder / "ticket.json").read_text())["masks"]
+    assert all(e["coats"] == 3 and e["frozen"] is True and len(e["streams"]) == 3 for e in table)
 
 
 def test_save_errors(tmp_path: Path) -> None:
