@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick peft-medium theory-quick
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick peft-medium peft-masks-medium theory-quick
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,11 @@ peft-quick: install
 peft-medium: install  # ~30 min per task on one core; cells on every core (local executor)
 	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db
 	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --no-run --report docs/results/peft_medium.md
+
+peft-masks-medium: install  # issue 13's five-task study: ~105 runs, about 1.7 hours on 2 cores (local executor)
+	$(BIN)/sltlab peft configs/peft_masks_medium.toml --store runs/peft_masks_medium.db
+	$(BIN)/sltlab peft configs/peft_masks_medium.toml --store runs/peft_masks_medium.db --no-run \
+		--report docs/results/peft_masks_medium.md
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
