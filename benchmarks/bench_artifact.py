@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 import zlib
@@ -24,27 +23,12 @@ import torch
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
 from sltlab.nn.transformer import ModelConfig
+from sltlab.runs.provenance import machine_summary
 from sltlab.runs.store import atomic_write_text
 from sltlab.tasks.lm_run import LMStudy, run_cell
 from sltlab.tickets.artifact import binary_entropy, decode_ticket, export_ticket, load_ticket, probe_output
 from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks
-
-
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return (
-        f"{cpu}; {os.cpu_count()} logical CPUs visible, torch threads {threads}; Python "
-        f"{platform.python_version()}, torch {torch.__version__}, {platform.system()} {platform.release()}"
-    )
 
 
 def packed_zlib(masks: dict[str, torch.Tensor]) -> tuple[int, int, float]:
@@ -192,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Ticket artifact benchmark",
         "",
-        f"Machine: {machine()}.",
+        f"Machine: {machine_summary()}.",
         "",
         f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}` (searches took {t_search:.0f} s).",
         "",

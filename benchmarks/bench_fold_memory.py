@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -88,19 +87,6 @@ def measure(path: str, batch: int, seq: int) -> dict[str, float]:
     return {"peak_minus_start": peak - before, "start": before, "load_s": t1 - t0, "forward_s": t2 - t1, **held}
 
 
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}; {os.cpu_count()} logical CPUs visible; Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from sltlab.runs.provenance import machine_summary
     from sltlab.runs.store import atomic_write_text
     from sltlab.tickets.artifact import export_ticket
     from sltlab.tickets.spec import build_model
@@ -148,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = " ".join(["benchmarks/bench_fold_memory.py", *(argv if argv is not None else sys.argv[1:])])
     page = (
         "# Folded sources: memory to rebuild and run a ticket\n\n"
-        f"Machine: {machine()}. Command: `{cmd}`.\n\n"
+        f"Machine: {machine_summary()}. Command: `{cmd}`.\n\n"
         f"A byte-level causal LM, d={args.d_model}, {args.layers} layers, 4 heads, vocabulary 256; masks at density "
         f"0.5 on every linear and embedding layer. Each case is loaded in a fresh process (`load_ticket`, then one "
         f"forward of batch {args.batch} x {args.seq}); the peak is VmHWM minus the RSS after imports. The "

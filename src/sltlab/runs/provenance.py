@@ -42,12 +42,37 @@ def machine_provenance(device: str | None = None) -> dict[str, Any]:
     return {**_machine(device or "cpu"), "torch_threads": torch.get_num_threads()}
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows; platform.processor() alone is
+    empty on most Linux machines."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_summary() -> str:
+    """One line for a benchmark's record: CPU, visible CPUs, torch threads, Python, torch, OS."""
+    import os
+
+    import torch
+
+    return (
+        f"{cpu_name()}; {os.cpu_count()} logical CPUs visible, torch threads {torch.get_num_threads()}; Python "
+        f"{platform.python_version()}, torch {torch.__version__}, {platform.system()} {platform.release()}"
+    )
+
+
 @functools.lru_cache(maxsize=8)
 def _machine(dev: str) -> dict[str, Any]:
     import torch
 
     build = f"cuda {torch.version.cuda}" if torch.version.cuda else "cpu"
-    name = platform.processor() or platform.machine()
+    name = cpu_name()
     if dev.startswith("cuda") and torch.cuda.is_available():
         name = torch.cuda.get_device_name(torch.device(dev))
     return {
