@@ -165,15 +165,15 @@ n_test = 32
 store = "{db}"
 out_dir = "{out}"
 [search]
-steps = 30
+steps = {steps}
 lr = 0.05
 """
 
 
-def _tiny(tmp_path: Path) -> tuple[Path, Path]:
+def _tiny(tmp_path: Path, steps: int = 30) -> tuple[Path, Path]:
     db = tmp_path / "a.db"
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY.format(db=db, out=tmp_path / "out"))
+    cfg.write_text(TINY.format(db=db, out=tmp_path / "out", steps=steps))
     return cfg, db
 
 
@@ -194,10 +194,13 @@ def _wait_finished(db: Path, n: int, proc: subprocess.Popen, limit: float = 240)
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_sweep_stopped_midway_resumes(tmp_path, sig):
-    cfg, db = _tiny(tmp_path)
+    # cells long enough (~1 s each) that the other six cannot all finish while a loaded machine keeps this test
+    # process off the CPU between seeing two finished and sending the signal
+    cfg, db = _tiny(tmp_path, steps=400)
     argv = [*SLTLAB, "approx", str(cfg), "--executor", "local", "--workers", "2", "--quiet"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_finished(db, 2, proc)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGINT:
