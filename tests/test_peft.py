@@ -322,3 +322,18 @@ def test_report_marks_cells_at_the_majority_baseline(tmp_path: Path) -> None:
     assert not any(r.startswith("| full ") for r in rows)  # claims with no pair on any task are left out
     png = plot_scores(cells, ["rte", "mrpc"], ["ln", "mask@0.9"], {"rte": 52.7, "mrpc": 81.2}, tmp_path / "s.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_constant_baseline_is_the_best_class_on_dev(tmp_path: Path) -> None:
+    from sltlab.report.peft import majority_baseline
+
+    d = tmp_path / "glue" / "RTE"
+    d.mkdir(parents=True)
+    # training majority "entailment" (3 of 4), dev majority "not_entailment" (3 of 4): a model that collapses
+    # to the dev's majority scores 75, which the baseline must be, not the training majority's 25
+    for split, labels in (("train", ["entailment"] * 3 + ["not_entailment"]),
+                          ("dev", ["not_entailment"] * 3 + ["entailment"])):
+        rows = ["index\tsentence1\tsentence2\tlabel"] + [f"{i}\ta b\tc d\t{lab}" for i, lab in enumerate(labels)]
+        (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    base = peft.default_base({"subsample": None, "dev_limit": None})
+    assert majority_baseline("rte", base, str(tmp_path)) == pytest.approx(75.0)
