@@ -320,6 +320,14 @@ def test_report_marks_cells_at_the_majority_baseline(tmp_path: Path) -> None:
     # paired over the shared seeds only: (60 - 55 + 62 - 58) / 2; mrpc has no ln cell
     assert "| mask@0.9 ~ ln | +4.5 (n=2) | – |" in rows
     assert not any(r.startswith("| full ") for r in rows)  # claims with no pair on any task are left out
+    from sltlab.report.peft import _mask_target_rows
+
+    cells[("rte", "full")] = cell("rte", "full", {0: 64.0, 1: 64.0})
+    cells[("mrpc", "full")] = cell("mrpc", "full", {0: 81.5})  # not above mrpc's constant 81.2 + 1: not a target
+    rows = _mask_target_rows(cells, ["rte", "mrpc"], ["full", "mask@0.9"], {"rte": 52.7, "mrpc": 81.2})
+    assert rows[1].endswith("(rte): rte -3.0 — **not met**.")
+    cells[("rte", "full")] = cell("rte", "full", {0: 62.0, 1: 62.0})
+    assert _mask_target_rows(cells, ["rte"], ["full", "mask@0.9"], {"rte": 52.7})[1].endswith("rte -1.0 — **met**.")
     png = plot_scores(cells, ["rte", "mrpc"], ["ln", "mask@0.9"], {"rte": 52.7, "mrpc": 81.2}, tmp_path / "s.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -170,6 +170,32 @@ def plot_scores(
     return path
 
 
+#: The design target for masks on a pretrained model (docs/DESIGN.md §5): within this many points of full
+#: fine-tuning on every task where full fine-tuning beats the best constant prediction.
+MASK_TARGET = 2.0
+
+
+def _mask_target_rows(
+    cells: Mapping[tuple[str, str], TableCell], tasks: list[str], labels: list[str], baselines: Mapping[str, float]
+) -> list[str]:
+    """The design target, checked per mask method: mask − full (seed means) on the tasks where full fine-tuning
+    is better than the best constant prediction."""
+    live = [t for t in tasks if (t, "full") in cells and not at_baseline(cells[(t, "full")].mean, baselines.get(t))]
+    out: list[str] = []
+    for lab in (lab for lab in labels if lab.startswith("mask")):
+        diffs = {t: cells[(t, lab)].mean - cells[(t, "full")].mean for t in live if (t, lab) in cells}
+        if not diffs:
+            continue
+        met = all(d >= -MASK_TARGET for d in diffs.values())
+        out.append(
+            f"- Target: {lab} within {MASK_TARGET:g} points of full fine-tuning where full beats the best constant "
+            f"({', '.join(diffs) or 'no task'}): "
+            + ", ".join(f"{t} {d:+.1f}" for t, d in diffs.items())
+            + (" — **met**." if met else " — **not met**.")
+        )
+    return ["", *out] if out else []
+
+
 def _claim_rows(
     cells: Mapping[tuple[str, str], TableCell], tasks: list[str], baselines: Mapping[str, float] | None = None
 ) -> list[str]:
@@ -354,6 +380,7 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
             f"within {BASELINE_MARGIN:g} point above it ({flagged} of {len(cells)} cells). Every seed's score "
             f"per task and method: `{fig.name}`.",
         ]
+        lines += _mask_target_rows(cells, tasks, labels, baselines)
     lines += [
         "",
         "## Every cell at its chosen lr",
