@@ -1,4 +1,7 @@
 
+import multiprocessing as mp
+import sqlite3
+
 import pytest
 
 from sltlab.errors import ConfigError, StoreError
@@ -77,6 +80,48 @@ def test_store_rejects_non_sqlite(tmp_path):
     p.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError):
         Store(p).runs()
+
+
+def _open_after(barrier, path) -> None:
+    barrier.wait()
+    Store(path).close()
+
+
+def test_sweeps_opening_one_new_store_together_all_succeed(tmp_path):
+    # Two sweeps started at once on a new store once failed with "duplicate column name" or "database is locked".
+    ctx = mp.get_context("fork")
+    for i in range(6):
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_after, args=(barrier, tmp_path / f"{i}.db")) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 4
+
+
+def test_old_store_is_migrated_in_place_and_read_only_store_opens(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, seed INTEGER,"
+                 " config TEXT NOT NULL, metrics TEXT, timings TEXT, error TEXT, code_version TEXT, host TEXT,"
+                 " started REAL, finished REAL)")
+    conn.execute("INSERT INTO runs(run_id, kind, status, seed, config, metrics, timings) VALUES "
+                 "('approx-0123456789ab', 'approx', 'finished', 0, '{}', '{\"rel_error\": 0.25}', '{}')")
+    conn.commit()
+    conn.close()
+    with Store(path) as s:
+        assert s.get("approx-0123456789ab").metrics == {"rel_error": 0.25}
+        assert s.claim("approx", {"width": 8}, seed=0)[1] == "claimed"
+    # up to date: opening takes no write lock, so it does not wait on a sweep that holds one
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        with Store(path) as s:
+            assert s.get("approx-0123456789ab").status == "finished"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
 
 
 def test_atomic_write_leaves_no_temp(tmp_path):

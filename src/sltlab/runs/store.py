@@ -147,16 +147,39 @@ class Store:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.executescript(SCHEMA)
-            have = {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}
-            for col, typ in EXTRA_COLUMNS.items():
-                if col not in have:
-                    self._conn.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
+            self._wal()
+            self._migrate()
         except sqlite3.DatabaseError as err:
             raise StoreError(f"cannot open store {self.path}: {err} (is it an sltlab SQLite file?)") from None
         except OSError as err:  # its folder cannot be made (a file stands in the way, no permission)
             raise StoreError(f"cannot create store {self.path}: {err.strerror or err}") from None
+
+    def _wal(self, wait: float = 60.0) -> None:
+        # Switching a new file to WAL takes an exclusive lock and SQLite answers "locked" at once instead of calling
+        # the busy handler, so sweeps that open one new store together retry here.
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _migrate(self) -> None:
+        # Under one write lock: two sweeps opening a new store at once would otherwise both see the columns
+        # missing and the second ALTER would fail ("duplicate column name").
+        if set(EXTRA_COLUMNS) <= {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}:
+            return  # up to date: no write lock, so a read-only store still opens
+        with self._tx() as c:
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            have = {r[1] for r in c.execute("PRAGMA table_info(runs)")}
+            for col, typ in EXTRA_COLUMNS.items():
+                if col not in have:
+                    c.execute(f"ALTER TABLE runs ADD COLUMN {col} {typ}")
 
     def close(self) -> None:
         self._conn.close()
