@@ -1,6 +1,10 @@
 import csv
 import io
+import signal
 
+import pytest
+
+import sltlab.runs.store as store_mod
 from sltlab.cli import main
 from sltlab.runs.store import Store
 
@@ -35,3 +39,24 @@ def test_missing_store_and_unknown_run(tmp_path, capsys):
     path, _ = _store(tmp_path)
     assert main(["runs", "show", "approx-ffff", "--store", str(path)]) == 2
     assert "no run" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_and_main_leaves_the_handler_as_it_was(tmp_path, capsys, monkeypatch):
+    path, _ = _store(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+    if before != signal.SIG_DFL:
+        pytest.skip("this test process was started with SIGTERM handled or ignored; sltlab then leaves it alone")
+
+    def terminated_midway(*args, **kwargs):
+        # what SIGTERM would run here (a real signal to this process is sent in test_executor.py: a regression
+        # there kills a subprocess, not the test run)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler), "main() set no SIGTERM handler"
+        handler(signal.SIGTERM, None)
+        raise AssertionError("the SIGTERM handler did not stop the command")
+
+    monkeypatch.setattr(store_mod, "Store", terminated_midway)
+    assert main(["runs", "list", "--store", str(path)]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import NoReturn
 
-from sltlab.errors import SltlabError
+from sltlab.errors import SltlabError, Terminated
 
 DESCRIPTION = """\
 sltlab: strong lottery tickets in transformers, with LayerNorm as a first-class knob.
@@ -45,6 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    # Only where SIGTERM has its default action (and only in the main thread, the one place Python can set a
+    # handler): a parent that chose to ignore it keeps that choice, as with SIGINT, which Python leaves ignored when
+    # a non-interactive shell starts a job in the background (`cmd &`). Restored after, for callers of main().
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -52,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     try:
-        code = int(args.func(args) or 0)
+        with _stop_on_sigterm():
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
         return code
     except SltlabError as err:
@@ -60,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("sltlab: error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, always
         return 2
+    except Terminated:
+        print("sltlab: terminated (SIGTERM); finished runs are kept in the store", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("sltlab: interrupted; finished runs are kept in the store", file=sys.stderr)
         return 130

@@ -38,3 +38,8 @@ class DivergedError(SltlabError):
         self.reason, self.step, self.loss = reason, step, loss
         where = f" at step {step}" if step is not None else ""
         super().__init__(f"diverged{where}: {reason}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's pre-emption, `kill PID`): stopped like Ctrl-C, so every path that keeps
+    finished runs and marks running ones interrupted on Ctrl-C does so here too."""
