@@ -41,11 +41,18 @@ def test_missing_store_and_unknown_run(tmp_path, capsys):
     assert "no run" in capsys.readouterr().err
 
 
-def test_sigterm_stops_a_command_like_ctrl_c_and_main_leaves_the_handler_as_it_was(tmp_path, capsys, monkeypatch):
+@pytest.fixture
+def sigterm_default():
+    # Whatever set SIGTERM before (Ray's driver installs a handler when a Ray test ran earlier in this process), each
+    # case starts from the default action and leaves the process as it found it.
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_sigterm_stops_a_command_like_ctrl_c_and_main_restores_the_handler(tmp_path, capsys, monkeypatch,
+                                                                            sigterm_default):
     path, _ = _store(tmp_path)
-    before = signal.getsignal(signal.SIGTERM)
-    if before != signal.SIG_DFL:
-        pytest.skip("this test process was started with SIGTERM handled or ignored; sltlab then leaves it alone")
 
     def terminated_midway(*args, **kwargs):
         # what SIGTERM would run here (a real signal to this process is sent in test_executor.py: a regression
@@ -59,4 +66,20 @@ def test_sigterm_stops_a_command_like_ctrl_c_and_main_leaves_the_handler_as_it_w
     assert main(["runs", "list", "--store", str(path)]) == 143
     err = capsys.readouterr().err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_a_sigterm_the_parent_ignores_stays_ignored(tmp_path, capsys, sigterm_default):
+    path, _ = _store(tmp_path)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    seen = []
+    real_store = store_mod.Store
+
+    def spy(*args, **kwargs):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        return real_store(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_mod, "Store", spy)
+        assert main(["runs", "list", "--store", str(path)]) == 0
+    assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
