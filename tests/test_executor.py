@@ -205,8 +205,10 @@ def test_sweep_stopped_midway_resumes(tmp_path, sig):
     # process off the CPU between seeing two finished and sending the signal
     cfg, db = _tiny(tmp_path, steps=400)
     argv = [*SLTLAB, "approx", str(cfg), "--executor", "local", "--workers", "2", "--quiet"]
+    scratch = tmp_path / "tmp"  # where the cells' scratch folders go, so leftovers of other runs do not count
+    scratch.mkdir()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)
+                            preexec_fn=_default_signals, env={**os.environ, "TMPDIR": str(scratch)})
     _wait_finished(db, 2, proc)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     proc.send_signal(sig)
@@ -215,6 +217,9 @@ def test_sweep_stopped_midway_resumes(tmp_path, sig):
     if stopped:
         assert proc.returncode == (130 if sig == signal.SIGINT else 143) and "finished runs are kept" in err
         assert "Traceback" not in err
+        # the stopped workers left through their finalizers: nothing reported leaked, no cell's scratch folder left
+        assert "leaked" not in err, err
+        assert not list(scratch.glob("sltlab-*")), list(scratch.iterdir())
     before = rows(db)
     finished = {k for k, v in before.items() if v[0] == "finished"}
     assert len(finished) >= 2

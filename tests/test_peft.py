@@ -345,3 +345,28 @@ def test_constant_baseline_is_the_best_class_on_dev(tmp_path: Path) -> None:
         (d / f"{split}.tsv").write_text("\n".join(rows) + "\n")
     base = peft.default_base({"subsample": None, "dev_limit": None})
     assert majority_baseline("rte", base, str(tmp_path)) == pytest.approx(75.0)
+
+
+def test_report_chooses_the_lr_as_the_sweep_did(tmp_path: Path) -> None:
+    from sltlab.report.peft import collect_cells
+    from sltlab.tasks.peft.sweep import best_lr
+
+    base = {"max_len": 16, "epochs": 1}
+    sweep = peft.SweepConfig(tasks=("rte",), methods=("ln",), seeds=(0, 1), lr_grid={"ln": [1e-2, 1e-3]}, base=base)
+    store = Store(tmp_path / "s.db")
+
+    def put(lr: float, seed: int, main: float) -> None:
+        cfg = peft.make_config("rte", "ln", lr, seed, base)
+        store.finish(store.start("peft", cfg.record(), seed), {"main": main})
+
+    # recorded in the other order than the grid lists them, and tied on the first seed (a task where every lr
+    # predicts one class): the sweep takes the lr listed first, and so must the report
+    put(1e-3, 0, 0.5)
+    put(1e-2, 0, 0.5)
+    put(1e-2, 1, 0.6)
+    put(3e-4, 0, 0.9)  # outside this sweep's grid (an earlier grid, a side check): not this report's run
+    chosen = best_lr(store, [peft.make_config("rte", "ln", lr, 0, base) for lr in sweep.grid("ln")])
+    assert chosen is not None and chosen.lr == 1e-2
+    cell = collect_cells(sweep, store)[("rte", "ln")]
+    assert cell.lr == 1e-2 and cell.scores == {0: 50.0, 1: 60.0}
+    assert list(cell.grid) == [1e-2, 1e-3]

@@ -82,22 +82,29 @@ def collect_cells(sweep: SweepConfig, store: Store) -> dict[tuple[str, str], Tab
     """
     want = default_base(sweep.base)
     groups: dict[tuple[str, str], dict[float, list[Any]]] = {}
+    order: dict[tuple[str, str], tuple[float, ...]] = {}
     for rec in store.runs("peft"):
         c = rec.config
         if base_settings(c) != want or c["task"] not in sweep.tasks:
             continue
         cfg = PeftConfig(**{**c, "fisher_tasks": tuple(c["fisher_tasks"])})
+        lrs = sweep.grid(cfg.method)
+        if cfg.lr not in lrs:
+            continue  # a run at an lr this sweep's grid does not have (an earlier grid, a side check)
+        order[(cfg.task, cfg.label)] = lrs
         groups.setdefault((cfg.task, cfg.label), {}).setdefault(cfg.lr, []).append(rec)
     cells = {}
     first = sweep.seeds[0]
     for key, by_lr in groups.items():
-        grid = {lr: {r.seed: 100 * float(r.metrics["main"]) for r in recs} for lr, recs in by_lr.items()}
+        grid = {lr: {r.seed: 100 * float(r.metrics["main"]) for r in recs} for lr in order[key]
+                if (recs := by_lr.get(lr))}
 
         def rank(lr: float, grid: dict[float, dict[int, float]] = grid) -> float:
             if sweep.lr_select == "first-seed":
                 return grid[lr].get(first, float("-inf"))
             return float(np.mean(list(grid[lr].values())))
 
+        # in the grid's order, so a tie goes to the lr listed first, as the sweep chose (tasks.peft.sweep.best_lr)
         lr = max(grid, key=rank)
         cells[key] = TableCell(key[0], key[1], lr, dict(sorted(grid[lr].items())), by_lr[lr], grid)
     return cells
