@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -8,7 +9,16 @@ import torch
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tokenised splits (sltlab.tasks.peft.tokenize_split) are cached; tests keep theirs out of the user's ~/.cache.
-os.environ.setdefault("SLTLAB_CACHE", tempfile.mkdtemp(prefix="sltlab-test-cache-"))
+if "SLTLAB_CACHE" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="sltlab-test-cache-")
+    os.environ["SLTLAB_CACHE"] = _CACHE
+else:
+    _CACHE = None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _CACHE is not None:  # ours, not one the caller chose
+        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture
