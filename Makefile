@@ -79,7 +79,7 @@ peft-medium: install  # ~30 min per task on one core; cells on every core (local
 	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db
 	$(BIN)/sltlab peft configs/peft_medium.toml --store runs/peft_medium.db --no-run --report docs/results/peft_medium.md
 
-peft-masks-medium: install  # issue 13's five-task study: 100 runs + 5 Fisher runs, about 2 h 40 min on 2 cores (local executor)
+peft-masks-medium: install  # issue 13's five-task study: 132 runs + 5 Fisher runs, about 3 h 25 min on 2 cores (local executor)
 	$(BIN)/sltlab peft configs/peft_masks_medium.toml --store runs/peft_masks_medium.db
 	$(BIN)/sltlab peft configs/peft_masks_medium.toml --store runs/peft_masks_medium.db --no-run \
 		--report docs/results/peft_masks_medium.md
