@@ -252,8 +252,17 @@ def test_ray_sweep_survives_a_killed_worker_and_matches_serial(tmp_path, monkeyp
     with Store(tmp_path / "serial" / "a.db") as s:
         run_cells(toy_cells(6), s, ExecOptions(executor="serial", progress=False))
 
-    ex = RayExecutor(workers=2, threads=1, retries=1)
+    def the_callers_sigterm(signum, frame):  # the CLI's stands here in a command
+        raise AssertionError("not called in this test")
+
+    previous = signal.signal(signal.SIGTERM, the_callers_sigterm)
     try:
+        ex = RayExecutor(workers=2, threads=1, retries=1)
+        kept = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        assert kept is the_callers_sigterm, "ray.init() replaced the caller's SIGTERM handler"
         assert ray.is_initialized()
         addresses = {n["NodeManagerAddress"] for n in ray.nodes()}
         assert addresses == {"127.0.0.1"}, addresses

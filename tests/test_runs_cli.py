@@ -83,3 +83,21 @@ def test_a_sigterm_the_parent_ignores_stays_ignored(tmp_path, capsys, sigterm_de
         mp.setattr(store_mod, "Store", spy)
         assert main(["runs", "list", "--store", str(path)]) == 0
     assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+
+
+def test_sigterm_turned_into_a_plain_keyboardinterrupt_still_exits_143(tmp_path, capsys, monkeypatch,
+                                                                         sigterm_default):
+    path, _ = _store(tmp_path)
+
+    def like_ray_wait(*args, **kwargs):  # ray.wait re-raises a signal handler's exception as KeyboardInterrupt
+        try:
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None
+
+    monkeypatch.setattr(store_mod, "Store", like_ray_wait)
+    assert main(["runs", "list", "--store", str(path)]) == 143
+    # and a Ctrl-C in the next command of the same process is a Ctrl-C again
+    monkeypatch.setattr(store_mod, "Store", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["runs", "list", "--store", str(path)]) == 130
+    assert "interrupted" in capsys.readouterr().err

@@ -49,7 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_sigterm_seen = threading.Event()
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    # remembered too: code between here and main() may turn the exception into a plain KeyboardInterrupt (Ray's
+    # ray.wait does), and the exit code should still say SIGTERM
+    _sigterm_seen.set()
     raise Terminated
 
 
@@ -58,6 +64,7 @@ def _stop_on_sigterm() -> Iterator[None]:
     # Only where SIGTERM has its default action (and only in the main thread, the one place Python can set a
     # handler): a parent that chose to ignore it keeps that choice, as with SIGINT, which Python leaves ignored when
     # a non-interactive shell starts a job in the background (`cmd &`). Restored after, for callers of main().
+    _sigterm_seen.clear()
     if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         yield
         return
@@ -85,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("sltlab: error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, always
         return 2
-    except Terminated:
-        print("sltlab: terminated (SIGTERM); finished runs are kept in the store", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
+        if isinstance(err, Terminated) or _sigterm_seen.is_set():
+            print("sltlab: terminated (SIGTERM); finished runs are kept in the store", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("sltlab: interrupted; finished runs are kept in the store", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -24,6 +24,7 @@ import pickle
 import shutil
 import signal
 import tempfile
+import threading
 import time
 import traceback
 from collections import deque
@@ -374,6 +375,9 @@ class RayExecutor:
         self.threads, self.retries = threads, retries
         self._started = False
         if not ray.is_initialized():
+            # ray.init() replaces the SIGTERM handler with sys.exit(15); a handler the caller set (the CLI's, which
+            # stops a sweep like Ctrl-C and exits 143) is put back, so the command stops the same whatever executor.
+            sigterm = signal.getsignal(signal.SIGTERM)
             try:
                 if address:
                     # Ship this checkout's code, so every node runs the driver's version (torch must be there).
@@ -390,6 +394,9 @@ class RayExecutor:
                 raise ConfigError("--address", f"cannot start or reach Ray at {address or 'a local instance'}: "
                                   f"{first}", "auto (this machine joined a cluster with `ray start`), "
                                   "ray://HOST:10001, or no --address for a private local Ray") from None
+            finally:
+                if callable(sigterm) and threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGTERM, sigterm)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = max(1, workers or cpus) if workers else max(1, cpus)
         self._remote = ray.remote(_ray_execute)
