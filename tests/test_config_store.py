@@ -100,7 +100,7 @@ def test_sweeps_opening_one_new_store_together_all_succeed(tmp_path):
         assert [p.exitcode for p in procs] == [0] * 4
 
 
-def test_old_store_is_migrated_in_place_and_read_only_store_opens(tmp_path):
+def test_old_store_is_migrated_in_place_and_opening_does_not_wait_on_a_writer(tmp_path):
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, seed INTEGER,"

@@ -92,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("sltlab: error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # one line, always
         return 2
-    except KeyboardInterrupt as err:
-        if isinstance(err, Terminated) or _sigterm_seen.is_set():
+    except KeyboardInterrupt:
+        if _sigterm_seen.is_set():
             print("sltlab: terminated (SIGTERM); finished runs are kept in the store", file=sys.stderr)
             return 128 + signal.SIGTERM
         print("sltlab: interrupted; finished runs are kept in the store", file=sys.stderr)

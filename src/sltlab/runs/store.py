@@ -46,6 +46,7 @@ CREATE INDEX IF NOT EXISTS runs_kind ON runs(kind, status);
 # Columns added after the first release: opened stores are migrated in place (ALTER TABLE ADD COLUMN keeps rows).
 EXTRA_COLUMNS = {"owner": "TEXT", "heartbeat": "REAL", "provenance": "TEXT", "curves": "TEXT", "attempts": "INTEGER"}
 STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
+BUSY_TIMEOUT_S = 60.0  # how long a write waits for another sweep's transaction
 DONE = ("finished", "diverged")  # results: a sweep skips them and nothing overwrites them
 RUN_ID_RE = re.compile(r"^[a-z][a-z0-9-]*-[0-9a-f]{12}$")
 # An owner on another host is presumed dead when its heartbeat is older than this (same host: its pid is checked).
@@ -146,7 +147,7 @@ class Store:
             raise StoreError(f"store {self.path} is a directory, not a SQLite file; pass e.g. {self.path}/sltlab.db")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             self._wal()
             self._migrate()
         except sqlite3.DatabaseError as err:
@@ -154,10 +155,10 @@ class Store:
         except OSError as err:  # its folder cannot be made (a file stands in the way, no permission)
             raise StoreError(f"cannot create store {self.path}: {err.strerror or err}") from None
 
-    def _wal(self, wait: float = 60.0) -> None:
+    def _wal(self) -> None:
         # Switching a new file to WAL takes an exclusive lock and SQLite answers "locked" at once instead of calling
         # the busy handler, so sweeps that open one new store together retry here.
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
         while True:
             try:
                 self._conn.execute("PRAGMA journal_mode=WAL")
@@ -171,7 +172,7 @@ class Store:
         # Under one write lock: two sweeps opening a new store at once would otherwise both see the columns
         # missing and the second ALTER would fail ("duplicate column name").
         if set(EXTRA_COLUMNS) <= {r[1] for r in self._conn.execute("PRAGMA table_info(runs)")}:
-            return  # up to date: no write lock, so a read-only store still opens
+            return  # up to date: no write lock, so opening never waits on a sweep that holds it
         with self._tx() as c:
             for stmt in SCHEMA.split(";"):
                 if stmt.strip():
