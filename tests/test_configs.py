@@ -18,7 +18,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"
 
 def _load(path: Path) -> object:
     kind = path.stem.split("_")[0]
-    if kind == "approx":
+    if kind in ("approx", "hypothesis"):  # hypothesis.toml: the pre-registered approximation study
         return load_approx(str(path))
     if kind == "glue":
         return GlueSweepConfig.from_dict(load_toml(path)["sweep"]).cells()

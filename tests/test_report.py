@@ -87,18 +87,33 @@ def _glue(store: Store) -> str:
     return ticket_id
 
 
+PLAN = {
+    "reference": "none",
+    "claim": [
+        {"name": "consistency-jaccard", "measure": "jaccard_excess", "direction": "greater", "margin": 0.05},
+        {"name": "consistency-output", "measure": "output_disagreement", "direction": "less", "margin": 0.05},
+        {"name": "diversity-heads", "measure": "head_jsd", "direction": "less"},
+        {"name": "quality-error", "measure": "rel_error", "direction": "two-sided", "margin": 0.05},
+    ],
+}
+
+
 @pytest.fixture(scope="module")
 def store_path(tmp_path_factory) -> Path:
+    """A store as the studies make it: a pre-declared plan, an lr grid chosen on held-out inputs, 3 weight seeds
+    x 2 score seeds through the executor; a stack with its own-norm targets; GLUE-like records."""
+    from sltlab.analysis.claims import ClaimsPlan
+    from sltlab.runs.config import from_dict
+    from sltlab.tasks.approx import run_study
+
     path = tmp_path_factory.mktemp("store") / "sltlab.db"
+    study = ApproxStudy(
+        name="tiny-hypothesis", d_model=8, heads=(2,), n_train=64, n_test=32, batch_size=32, seq_len=4,
+        search=SearchConfig(steps=4, lr=0.05), widths=(4, 8), variants=("none", "pre-ln"), seeds=(0, 1, 2),
+        score_seeds=(0, 1), lr_grid=(0.05, 0.2), claims=from_dict(ClaimsPlan, PLAN, prefix="claims"),
+    )
+    run_study(study, str(path), progress=False, log=lambda _m: None)
     with Store(path) as store:
-        _approx(
-            store,
-            module="mha",
-            widths=(4, 8),
-            variants=("none", "pre-ln"),
-            seeds=(0, 1),
-            score_seeds=(0, 1),
-        )
         _approx(
             store,
             name="stack",
@@ -108,6 +123,7 @@ def store_path(tmp_path_factory) -> Path:
             variants=("none", "post-ln"),
             seeds=(0,),
             score_seeds=(0,),
+            target="own",
         )
         _glue(store)
     return path
@@ -127,7 +143,7 @@ class _Collect(HTMLParser):
             self.imgs.append(a.get("src", ""))
         if tag == "a":
             self.links.append(a.get("href", ""))
-        self._h = tag in ("h1", "h2")
+        self._h = tag in ("h1", "h2", "summary")
 
     def handle_data(self, data):
         if self._h:
@@ -155,39 +171,70 @@ def test_report_from_small_store(store_path: Path, tmp_path: Path) -> None:
         if line.startswith("!["):
             assert (out / line.split("](", 1)[1].rstrip(")")).is_file()
     titles = " ".join(parser.headings)
-    for word in ("error vs source width", "depth", "consistency", "Attention", "GLUE", "Conclusion"):
+    assert parser.headings[1].startswith("The question and the claims")  # the answer first
+    for word in ("error vs source width", "depth", "consistency", "Attention", "GLUE", "Plans and selection"):
         assert word.lower() in titles.lower()
+    assert page.count("<details>") >= 6  # the detail is folded
     summary = json.loads(res.json.read_text())
-    # 2 variants x 2 widths x 2 seeds sources, each searched from 2 score seeds
+    claims = summary["claims"]
+    # 4 declared claims x 1 compared arm x 2 widths, paired by weight seed: n = 3 weight seeds, never 6 tickets
+    assert len(claims) == 8 and all(c["n"] == 3 for c in claims)
+    assert {c["name"] for c in claims} == {"consistency-jaccard", "consistency-output", "diversity-heads",
+                                           "quality-error"}
+    for c in claims:
+        assert c["verdict"] in ("supported", "contradicted", "equivalent within margin", "inconclusive")
+        assert c["p_holm"] is None or c["p_holm"] >= c["p"]
+        assert len(c["values"]) == 3 and c["ci"][0] is not None
+    m = summary["claims_meta"]["m"]
+    assert m == 8 + 6  # 8 difference tests + 6 TOSTs (diversity-heads declared no margin)
+    # the lr grid was chosen on held-out inputs, and only the chosen lr's runs are shown
+    assert "Grid points chosen on held-out training data" in md and "holdout_rel_error" in md
     cons = summary["consistency"][0]["excess"]
-    assert cons["none"]["n"] == 4 and cons["pre-ln"]["n"] == 4
-    assert summary["conclusion"]["consistency"] and summary["conclusion"]["diversity"]
-    # same source and score seed, two norms: mha 2 widths x 2 seeds x 2 score seeds; stack 2 widths x 1 x 1
+    assert cons["none"]["n"] == 6 and cons["pre-ln"]["n"] == 6  # 2 widths x 3 weight seeds, one value per source
+    # same source and score seed, two norms: mha 2 widths x 3 seeds x 2 score seeds; stack 2 widths x 1 x 1
     cross = summary["cross_norm_overlap"]
-    assert [(c["a"], c["b"], len(c["values"])) for c in cross] == [("none", "pre-ln", 8), ("none", "post-ln", 2)]
-    assert all(0.0 <= v <= 1.0 for v in cross[0]["values"])
-    assert "within each width" in md
-    refs = summary["attention"][0]["reference_diversity_ln_vs_none"]
-    assert set(refs) >= {"random"}
+    assert sorted((c["a"], c["b"], len(c["values"])) for c in cross) == [("none", "post-ln", 2), ("none", "pre-ln", 12)]
+    assert all(0.0 <= v <= 1.0 for c in cross for v in c["values"])
+    # the shared-target study and the own-target stack are never drawn as one comparison
+    labels = [e["setting"] for e in summary["error_vs_width"]]
+    assert any("shared target: none" in x for x in labels) and any("own-norm targets" in x for x in labels)
     assert summary["depth"][0]["per_block_mean"] and len(summary["depth"][0]["per_block_mean"]) == 2
     assert {r["method"] for r in summary["glue"]} == {"dense", "edge-popup"}
     assert "lm runs" in summary["missing"]
     glue_att = [a for a in summary["attention"] if a["what"] == "glue"]
     assert glue_att, "the GLUE ticket's attention (ticket vs random vs dense) must be analysed"
-    assert "<table>" in page and "Kruskal" in page
+    assert "<table id='claims'>" in page and "Mann-Whitney" not in page and "bootstrap" not in page.lower()
+
+
+def test_claims_need_a_shared_target(tmp_path: Path) -> None:
+    """Variants that imitate their own-norm targets solve different problems: the report tests no claim between
+    them and says why."""
+    from sltlab.analysis.claims import ClaimsPlan
+    from sltlab.runs.config import from_dict
+    from sltlab.tasks.approx import run_study
+
+    study = ApproxStudy(
+        name="own", d_model=8, heads=(2,), n_train=32, n_test=16, batch_size=16, seq_len=4,
+        search=SearchConfig(steps=2, lr=0.05), widths=(4,), variants=("none", "pre-ln"), seeds=(0, 1, 2),
+        target="own", claims=from_dict(ClaimsPlan, {"claim": [{"name": "q", "measure": "rel_error"}]}, prefix="c"),
+    )
+    run_study(study, str(tmp_path / "s.db"), progress=False, log=lambda _m: None)
+    res = build_report(tmp_path / "s.db", tmp_path / "out", max_attention_runs=0)
+    assert res.summary["claims"] == [] and "imitate different targets" in res.markdown.read_text()
 
 
 def test_consistency_groups_split_on_everything_but_score_seed(store_path: Path) -> None:
     with Store(store_path) as store:
         groups = consistency_groups(store.runs("approx"))
-    assert len(groups) == 8 and all(len(g) == 2 for g in groups.values())
+    # the grid's other lr ran on seed 0 / score seed 0 only: no pair there
+    assert len(groups) == 12 and all(len(g) == 2 for g in groups.values())
 
 
 def test_empty_store_gives_a_report_that_says_what_is_missing(tmp_path: Path) -> None:
     Store(tmp_path / "empty.db").close()
     res = build_report(tmp_path / "empty.db", tmp_path / "out")
     text = res.markdown.read_text()
-    assert "No finished approximation runs" in text and "not testable" in text
+    assert "No finished approximation runs" in text and "No claims" in text
     assert "approximation runs (kind=approx)" in res.missing
     with pytest.raises(StoreError):
         build_report(tmp_path / "missing.db", tmp_path / "out2")
@@ -205,7 +252,9 @@ def test_cli_report_on_empty_store(tmp_path: Path, capsys) -> None:
 
 def test_cli_analyze(store_path: Path, capsys) -> None:
     with Store(store_path) as store:
-        rid = next(r.run_id for r in store.runs("approx") if r.config["score_seed"] == 0)
+        # a source searched from both score seeds (the chosen lr of its problem)
+        pairs = [g for g in consistency_groups(store.runs("approx")).values() if len(g) == 2]
+        rid = next(r.run_id for r in pairs[0] if r.config["score_seed"] == 0)
         glue_id = next(
             r.run_id
             for r in store.runs("glue")
@@ -244,24 +293,29 @@ def test_report_renders_in_headless_chromium(store_path: Path, tmp_path: Path) -
     script = (
         "<script>window.addEventListener('load', () => { const im = [...document.images];"
         " const ok = im.filter(i => i.complete && i.naturalWidth > 0).length;"
-        " document.body.insertAdjacentHTML('beforeend', `<p id=probe>images ${ok}/${im.length}</p>`); });</script>"
+        " const t = document.getElementById('claims').getBoundingClientRect();"
+        " document.body.insertAdjacentHTML('beforeend', `<p id=probe>images ${ok}/${im.length} claims"
+        " ${Math.round(t.top)} ${window.innerHeight}</p>`); });</script>"
     )
     probe.write_text(res.html.read_text().replace("</body>", script + "</body>"))
     dom = subprocess.run(
         [
             "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
-            "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
+            "--window-size=1280,1000", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(),
         ],
         capture_output=True,
         text=True,
         timeout=120,
         check=True,
     ).stdout
-    assert "Conclusion" in dom
-    found = re.search(r"images (\d+)/(\d+)", dom)
+    found = re.search(r"images (\d+)/(\d+) claims (-?\d+) (\d+)", dom)
     assert found is not None, "the probe script did not run"
     ok, total = int(found.group(1)), int(found.group(2))
     assert total >= 5 and ok == total, f"{total - ok} of {total} images failed to load"
+    # the first screen (a 1280 x 1000 window, before any scrolling) shows the claims table
+    top, height = int(found.group(3)), int(found.group(4))
+    assert 0 < top < height, f"the claims table starts at {top} px, below the first screen of {height} px"
+    assert "The question and the claims" in dom
 
 
 def test_lm_section_plots_bpb_against_artifact_bytes(tmp_path):

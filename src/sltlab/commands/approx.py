@@ -45,6 +45,52 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def _dry_run_grid(study, grid, cells, spec) -> int:  # type: ignore[no-untyped-def]
+    """--dry-run of a study with an lr grid: the grid cells, and the final cells once their grid has finished."""
+    from pathlib import Path
+
+    from sltlab.runs.store import Store
+    from sltlab.tasks.selection import dry_plan
+
+    p = Path(study.store)
+    if p.is_file():
+        with Store(p) as store:
+            rows, waiting = dry_plan(grid, cells, spec, store)
+    else:
+        rows, waiting = dry_plan(grid, cells, spec, None)
+    counts: dict[str, int] = {}
+    for cell, status in rows:
+        counts[status] = counts.get(status, 0) + 1
+        print(f"{cell.run_id}  {status:11s}  {cell.label}")
+    print(f"{len(rows)} cells in {p}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+          + (f"; {waiting} more once their lr grid has finished" if waiting else ""))
+    return 0
+
+
+def _print_sizing(study) -> None:  # type: ignore[no-untyped-def]
+    """The power sizing of the study's declared claims (--dry-run): weight seeds needed per claim, from the pilot sd
+    the config records, at the strictest Holm step of the family the report will correct over."""
+    from sltlab.analysis.claims import sizing
+
+    plan = study.claims
+    arms = [v for v in (plan.compare or study.variants) if v != plan.reference]
+    per_plan = len(plan.claim) * len(arms) * (len(study.widths) if plan.per_width else 1) * len(study.heads)
+    m = plan.holm_family or 2 * per_plan
+    rows = sizing(plan, m, len(study.seeds))
+    print(f"claims plan: {len(plan.claim)} claims x {len(arms)} arms vs {plan.reference!r} x "
+          f"{len(study.widths) if plan.per_width else 1} width(s) = {per_plan} tests (+ their TOSTs); sized at "
+          f"alpha / {m} = {plan.alpha / m:.2g} (Holm's strictest step), power {plan.power:g}; "
+          f"{len(study.seeds)} weight seeds planned")
+    for r in rows:
+        if "n_difference" not in r:
+            print(f"  {r['claim']:28s} no margin or pilot sd declared: not sized")
+            continue
+        ok = "ok" if len(study.seeds) >= max(r["n_difference"], r["n_equivalence"]) else "UNDERPOWERED"
+        print(f"  {r['claim']:28s} margin {r['margin']:<8.3g} pilot sd {r['sd']:<8.3g} needs n = {r['n_difference']} "
+              f"(difference) / {r['n_equivalence']} (equivalence); at n = {r['n_planned']}: MDE "
+              f"{r['mde_planned']:.3g}, TOST power {r['tost_power_planned']:.2f}  [{ok}]  ({r['sd_source']})")
+
+
 def _ints(text: str | None, flag: str) -> list[int] | None:
     from sltlab.commands.common import parse_seeds
 
@@ -53,11 +99,11 @@ def _ints(text: str | None, flag: str) -> list[int] | None:
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.analysis.approx_summary import summarise
-    from sltlab.commands.common import dry_run, load_config, parse_seeds, run_and_report
+    from sltlab.commands.common import dry_run, exec_options, load_config, parse_seeds
     from sltlab.runs.checks import check_output_dir
     from sltlab.runs.config import comma_list, from_dict
     from sltlab.runs.store import Store
-    from sltlab.tasks.approx import KIND, ApproxStudy, study_cells
+    from sltlab.tasks.approx import KIND, ApproxStudy, grid_cells, grid_spec, run_sweep, study_cells
 
     data = load_config(args)
     for key, value in (("variants", comma_list(args.variants)), ("methods", comma_list(args.methods)),
@@ -71,10 +117,20 @@ def main(args: argparse.Namespace) -> int:
     study = from_dict(ApproxStudy, data, prefix="study")
     cells = study_cells(study)
     if args.dry_run:
-        return dry_run(cells, study.store)
+        if study.claims is not None:
+            _print_sizing(study)
+        if not study.lr_grid:
+            return dry_run(cells, study.store)
+        return _dry_run_grid(study, grid_cells(study), cells, grid_spec(study))
     check_output_dir("--out" if args.out else "study.out_dir", study.out_dir)  # before the sweep, not after
-    print(f"approx '{study.name}': {len(cells)} cells -> {study.store}")
-    report = run_and_report(cells, study.store, args, default_threads=study.threads)
+    opts = exec_options(args, study.threads)
+    n_final = len(cells) // max(1, len(study.lr_grid))
+    grid_note = (f" (+ an lr grid of {len(study.lr_grid)} on {study.select_seeds} weight seed(s), chosen on held-out "
+                 "inputs)" if study.lr_grid else "")
+    print(f"approx '{study.name}': {n_final} cells{grid_note} -> {study.store}")
+    with Store(study.store) as store:
+        report = run_sweep(study, store, opts)
+    print(report.summary())
     with Store(study.store) as store:
         records = [r for r in (store.get(i) for i in report.run_ids) if r.status == "finished"]
     assert all(r.kind == KIND for r in records)

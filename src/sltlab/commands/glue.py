@@ -23,14 +23,18 @@ examples:
   sltlab glue-table                                  # mean ± std over seeds, Markdown + CSV
 
 Runs already finished in the store are skipped, so an interrupted sweep resumes where it stopped.
---set KEY=VALUE sets a run setting (steps, keep, lr, ...); sweep-level keys (tasks, methods, norms, seeds) and
-dotted per-task / per-method settings (--set method.dense.lr=1e-3) work too.
+--set KEY=VALUE sets a run setting (steps, keep, lr, ...); sweep-level keys (tasks, methods, norms, seeds,
+score_seeds, lr_grid ...) and dotted per-task / per-method settings (--set method.dense.lr=1e-3) work too.
+Seeds are weight seeds (the random network); score_seeds (mask scores, batch order) are nested in each. With
+lr_grid (per norm), every masked cell's lr is chosen on held-out training rows (run.holdout), never on dev:
+  sltlab glue configs/glue_sst2_norms.toml --dry-run     # SST-2 x none/pre-ln/post-ln, lr per norm, 4 x 2 seeds
 Methods: dense (all weights trained), edge-popup (mask only), ln-integrated (mask + LayerNorm gain/bias),
 annealed (annealed straight-through mask), imp (iterative magnitude pruning with rewinding).
 Norms: none, pre-ln, post-ln, pre-rms, post-rms (append +affine to train the gain/bias in dense runs).
 """
 
-SWEEP_KEYS = {"tasks", "methods", "norms", "seeds", "run", "method", "task"}
+SWEEP_KEYS = {"tasks", "methods", "norms", "seeds", "score_seeds", "run", "method", "task", "lr_grid",
+              "affine_lr_grid", "select_on", "select_seeds", "study", "claims"}
 
 
 def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
@@ -88,19 +92,47 @@ def check_data(cells: list[GlueRunConfig], data_dir: str | None) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from sltlab.commands.common import dry_run, run_and_report
+    from sltlab.commands.common import dry_run, exec_options
+    from sltlab.runs.store import Store
+    from sltlab.tasks.glue_run import run_study
 
     sweep = build_sweep(args)
     store = args.store or "runs/sltlab.db"
     cells = glue_cells(sweep.cells(), args.data_dir)
     if args.dry_run:
-        return dry_run(cells, store)
+        if not sweep.has_grid:
+            return dry_run(cells, store)
+        return _dry_run_grid(sweep, cells, store, args.data_dir)
     if not any(c.arg.cfg.source == "hf" for c in cells):
         glue_root(args.data_dir)  # a missing --data-dir / $SLTLAB_DATA is one error, not one per cell
     check_data([c.arg.cfg for c in cells], args.data_dir)
-    report = run_and_report(cells, store, args)
+    opts = exec_options(args)
+    with Store(store) as st:
+        report = run_study(sweep, st, opts, args.data_dir)
+    print(report.summary())
     print(f"(store {store}; `sltlab glue-table --store {store}` makes the table)")
     return 0 if report.ok else 1
+
+
+def _dry_run_grid(sweep: GlueSweepConfig, cells: list[Any], store: str, data_dir: str | None) -> int:
+    """--dry-run of a sweep with an lr grid: its grid cells, and the rest once their grid has finished."""
+    from sltlab.runs.store import Store
+    from sltlab.tasks.selection import dry_plan
+
+    grid = glue_cells(sweep.grid_cells(), data_dir)
+    if Path(store).is_file():
+        with Store(store) as st:
+            rows, waiting = dry_plan(grid, cells, sweep.grid_spec(), st)
+    else:
+        rows, waiting = dry_plan(grid, cells, sweep.grid_spec(), None)
+    counts: dict[str, int] = {}
+    for cell, status in rows:
+        counts[status] = counts.get(status, 0) + 1
+        print(f"{cell.run_id}  {status:11s}  {cell.label}")
+    print(f"{len(rows)} cells in {store}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+          + (f"; about {waiting} more once their lr grid has finished (chosen on held-out training rows)"
+             if waiting else ""))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

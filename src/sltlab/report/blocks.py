@@ -34,24 +34,45 @@ class Table:
     headers: list[str]
     rows: list[list[Any] | None]
     empty: str = "no rows"
+    # the first `merge` columns are shown only where they change from the row above (a setting label is not
+    # repeated on every row of its block)
+    merge: int = 0
+    # an HTML id, so a page (or a test) can find the table
+    html_id: str = ""
 
     def __post_init__(self) -> None:
         self.rows = [r for r in self.rows if r is not None]
+
+    def shown(self) -> list[list[str]]:
+        out: list[list[str]] = []
+        prev: list[str] = []
+        for r in self.rows:
+            cells = [fmt(c) for c in r]
+            row = list(cells)
+            for i in range(min(self.merge, len(cells))):
+                if prev[: i + 1] == cells[: i + 1]:
+                    row[i] = ""
+                else:
+                    break
+            out.append(row)
+            prev = cells
+        return out
 
     def md(self) -> str:
         if not self.rows:
             return f"_({self.empty})_\n"
         out = "| " + " | ".join(self.headers) + " |\n|" + "---|" * len(self.headers) + "\n"
-        for r in self.rows:
-            out += "| " + " | ".join(fmt(c).replace("|", "\\|") for c in r) + " |\n"
+        for r in self.shown():
+            out += "| " + " | ".join(c.replace("|", "\\|") for c in r) + " |\n"
         return out
 
     def html(self) -> str:
         if not self.rows:
             return f"<p><em>({html.escape(self.empty)})</em></p>"
         head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(c))}</td>" for c in r) + "</tr>" for r in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in self.shown())
+        ident = f" id='{html.escape(self.html_id)}'" if self.html_id else ""
+        return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 @dataclass
@@ -61,6 +82,8 @@ class Section:
 
     title: str
     blocks: list[tuple[str, Any]] = field(default_factory=list)
+    # detail, not the answer: shown folded (<details>) in the HTML, after the sections that are not
+    collapsed: bool = False
 
     def p(self, text: str) -> None:
         self.blocks.append(("p", text))

@@ -15,7 +15,7 @@ from sltlab.report.context import ReportContext
 from sltlab.report.render import jsonable, render
 from sltlab.report.sections_approx import section_depth, section_error_vs_width
 from sltlab.report.sections_attention import section_attention
-from sltlab.report.sections_conclusion import section_conclusion
+from sltlab.report.sections_claims import KINDS, claim_figures, collect_plan_claims, section_answer
 from sltlab.report.sections_consistency import section_consistency
 from sltlab.report.sections_imp import section_imp
 from sltlab.report.sections_overview import section_overview
@@ -31,6 +31,38 @@ class ReportResult:
     figures: list[Path]
     summary: dict[str, Any]
     missing: list[str]
+
+
+def _sections(ctx: ReportContext, runs: dict[str, list[RunRecord]], stores: list[Store],
+              say: Callable[[str], None]) -> list:
+    """Every section in reading order; the claims each adds are corrected together before the first screen is
+    written. Runs of a grid are reduced to the chosen grid point first (as the sweep chose, on held-out data), so
+    no table mixes learning rates."""
+    from sltlab.report.sections_claims import _selected
+
+    shown = dict(runs)
+    for kind in KINDS:
+        if shown.get(kind):
+            shown[kind] = _selected(kind, shown[kind])[0]
+    approx = shown.get("approx", [])
+    t0 = time.perf_counter()
+    plans = collect_plan_claims(ctx, runs, stores)  # selects itself, and lists every choice
+    say(f"report: claims from plans ({time.perf_counter() - t0:.1f} s)")
+    details = [section_overview(ctx, runs), plans]
+    for name, fn in (
+        ("error vs width", lambda: section_error_vs_width(ctx, approx + shown.get("theory", []))),
+        ("depth", lambda: section_depth(ctx, approx)),
+        ("consistency", lambda: section_consistency(ctx, approx)),
+        ("attention", lambda: section_attention(ctx, approx, shown.get("glue", []))),
+        ("tasks", lambda: section_tasks(ctx, shown)),
+        ("imp rounds", lambda: section_imp(ctx, shown.get("glue", []))),
+    ):
+        t0 = time.perf_counter()
+        details.append(fn())
+        say(f"report: {name} ({time.perf_counter() - t0:.1f} s)")
+    ctx.claims.finalize()
+    figures = claim_figures(ctx)
+    return [section_answer(ctx), figures, *details]
 
 
 def build_report(
@@ -57,31 +89,28 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _m: None)
     with Store(store_path) as store:
+        from contextlib import ExitStack
+
         runs: dict[str, list[RunRecord]] = defaultdict(list)
-        for r in store.runs(None):
-            runs[r.kind].append(r)
-        for extra in extra_stores or []:
-            if not Path(extra).is_file():
-                raise StoreError(f"no store at {extra} (given with --also); fix the path or drop it")
-            with Store(extra) as other:
-                for r in other.runs(None):
+        owners: dict[str, Store] = {}
+        stores = [store]
+        seen: set[str] = set()
+        with ExitStack() as extra_stack:
+            for extra in extra_stores or []:
+                if not Path(extra).is_file():
+                    raise StoreError(f"no store at {extra} (given with --also); fix the path or drop it")
+                stores.append(extra_stack.enter_context(Store(extra)))
+            for st in stores:
+                for r in st.runs(None):
+                    if r.run_id in seen:  # the same run in two stores (or a store given twice) counts once
+                        continue
+                    seen.add(r.run_id)
                     runs[r.kind].append(r)
-        ctx = ReportContext(store, out, Figures(out), data_dir, n_inputs, max_attention_runs, progress)
-        approx = runs.get("approx", [])
-        sections = [section_overview(ctx, runs)]
-        for name, fn in (
-            ("error vs width", lambda: section_error_vs_width(ctx, approx + runs.get("theory", []))),
-            ("depth", lambda: section_depth(ctx, approx)),
-            ("consistency", lambda: section_consistency(ctx, approx)),
-            ("attention", lambda: section_attention(ctx, approx, runs.get("glue", []))),
-            ("tasks", lambda: section_tasks(ctx, runs)),
-            ("imp rounds", lambda: section_imp(ctx, runs.get("glue", []))),
-            ("conclusion", lambda: section_conclusion(ctx)),
-        ):
-            t0 = time.perf_counter()
-            sections.append(fn())
-            say(f"report: {name} ({time.perf_counter() - t0:.1f} s)")
-        md, page = render(sections, ctx.figures, "sltlab report: LayerNorm and strong lottery tickets")
+                    owners[r.run_id] = st
+            ctx = ReportContext(store, out, Figures(out), data_dir, n_inputs, max_attention_runs, progress,
+                                owners=owners)
+            sections = _sections(ctx, runs, stores, say)
+            md, page = render(sections, ctx.figures, "sltlab report: LayerNorm and strong lottery tickets")
         atomic_write_text(out / "report.md", md)
         atomic_write_text(out / "report.html", page)
         summary = jsonable({**ctx.summary, "missing": ctx.missing, "store": str(store_path)})

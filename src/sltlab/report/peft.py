@@ -30,7 +30,8 @@ from sltlab.tasks.peft.data import fixed_subsample
 from sltlab.tasks.peft.fisher import fisher_config
 from sltlab.tasks.peft.model import _run_id, table_from_json
 
-#: The paper's claims, as (a, b, relation): ">" a beats b, ">=" a is not worse, "~" the two are equivalent.
+#: The paper's claims, as (a, b, relation): ">" a beats b, ">=" a is not worse (non-inferiority within MARGIN),
+#: "~" the two are equivalent within MARGIN. Each is tested per task, paired by seed (sltlab.analysis.claims).
 CLAIMS: tuple[tuple[str, str, str], ...] = (
     ("full", "bitfit", ">="),
     ("bitfit", "ln", "~"),
@@ -76,9 +77,10 @@ class TableCell:
 
 
 def collect_cells(sweep: SweepConfig, store: Store) -> dict[tuple[str, str], TableCell]:
-    """Finished runs of this sweep's settings grouped by (task, label), at the lr chosen on dev.
+    """Finished runs of this sweep's settings grouped by (task, label), at the lr the sweep chose.
 
-    The lr is chosen as the sweep ran it: by the first seed's score (first-seed) or by the seed mean (all).
+    The lr is chosen as the sweep ran it, on the held-out training rows (`holdout_main`), never on dev: by the
+    first seed's held-out score (first-seed) or by the seed mean (all). Dev scores are what the table reports.
     """
     want = default_base(sweep.base)
     groups: dict[tuple[str, str], dict[float, list[Any]]] = {}
@@ -98,11 +100,16 @@ def collect_cells(sweep: SweepConfig, store: Store) -> dict[tuple[str, str], Tab
     for key, by_lr in groups.items():
         grid = {lr: {r.seed: 100 * float(r.metrics["main"]) for r in recs} for lr in order[key]
                 if (recs := by_lr.get(lr))}
+        held = {lr: {r.seed: float(r.metrics.get("holdout_main", float("nan"))) for r in recs}
+                for lr in order[key] if (recs := by_lr.get(lr))}
 
-        def rank(lr: float, grid: dict[float, dict[int, float]] = grid) -> float:
-            if sweep.lr_select == "first-seed":
-                return grid[lr].get(first, float("-inf"))
-            return float(np.mean(list(grid[lr].values())))
+        def rank(lr: float, held: dict[float, dict[int, float]] = held) -> float:
+            if len(held) == 1:
+                return 0.0
+            vals = [held[lr].get(first, float("-inf"))] if sweep.lr_select == "first-seed" else \
+                list(held[lr].values())
+            v = float(np.mean(vals))
+            return v if math.isfinite(v) else float("-inf")
 
         # in the grid's order, so a tie goes to the lr listed first, as the sweep chose (tasks.peft.sweep.best_lr)
         lr = max(grid, key=rank)
@@ -203,60 +210,68 @@ def _mask_target_rows(
     return ["", *out] if out else []
 
 
-def _claim_rows(
-    cells: Mapping[tuple[str, str], TableCell], tasks: list[str], baselines: Mapping[str, float] | None = None
-) -> list[str]:
-    """One row per claim. `baselines` (task -> majority score) lets a row count the pairs in which both
-    methods merely reproduce the majority baseline: those pairs agree for a trivial reason."""
-    from sltlab.analysis.stats import bootstrap_ci, fmt_p, mann_whitney
+def claim_set(cells: Mapping[tuple[str, str], TableCell], tasks: list[str],
+              baselines: Mapping[str, float] | None = None) -> tuple[Any, list[str]]:
+    """The paper's claims, tested per task and paired by seed (the seed draws the head, the only random part of a
+    fine-tuned pretrained model), Holm-corrected across all of them (sltlab.analysis.claims). Tasks on which both
+    methods sit at the best constant prediction are left out of a claim (their agreement is trivial) and listed.
+    Tasks are never pooled: their metrics differ."""
+    from sltlab.analysis.claims import ClaimSet, make_claim
 
-    rows = [
-        "| claim | pairs (task, seed) | both at baseline | mean diff a−b [95% CI] | Mann-Whitney p "
-        "(task-centred) | Cliff's δ | verdict |",
-        "| --- | ---: | ---: | --- | ---: | ---: | --- |",
-    ]
+    cs = ClaimSet()
+    skipped: list[str] = []
+    direction = {">": "greater", ">=": "greater", "~": "two-sided"}
     for a, b, rel in CLAIMS:
-        diffs, xa, xb = [], [], []
-        trivial = 0
         for t in tasks:
             ca, cb = cells.get((t, a)), cells.get((t, b))
             if ca is None or cb is None:
                 continue
-            centre = float(np.mean([c.mean for (tt, _), c in cells.items() if tt == t]))
-            for s in sorted(set(ca.scores) & set(cb.scores)):
-                diffs.append(ca.scores[s] - cb.scores[s])
-                base = (baselines or {}).get(t)
-                if base is not None and max(abs(ca.scores[s] - base), abs(cb.scores[s] - base)) < 0.05:
-                    trivial += 1
-                xa.append(ca.scores[s] - centre)
-                xb.append(cb.scores[s] - centre)
-        if not diffs:
-            rows.append(f"| {a} {rel} {b} | 0 | – | – | – | – | not run |")
-            continue
-        ci = bootstrap_ci(diffs)
-        mw = mann_whitney(xa, xb)
-        lo, hi = ci.lo, ci.hi
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            verdict = "too few pairs"
-        elif rel == ">":
-            verdict = "holds (CI > 0)" if lo > 0 else ("reversed (CI < 0)" if hi < 0 else "not shown (CI spans 0)")
-        elif rel == ">=":
-            verdict = "holds (a not below b)" if hi >= 0 and ci.estimate >= -MARGIN else "fails (a below b)"
-            if lo > 0:
-                verdict = "holds (a > b)"
-        else:
-            verdict = (
-                f"holds (CI within ±{MARGIN:g})"
-                if lo >= -MARGIN and hi <= MARGIN
-                else "differ (CI excludes 0)"
-                if lo > 0 or hi < 0
-                else "inconclusive (CI wide)"
-            )
-        rows.append(
-            f"| {a} {rel} {b} | {len(diffs)} | {trivial if baselines else '–'} | "
-            f"{ci.estimate:+.2f} [{lo:+.2f}, {hi:+.2f}] | "
-            f"{fmt_p(mw['p'])} | {mw['cliffs_delta']:+.2f} ({mw['effect']}) | {verdict} |"
-        )
+            base = (baselines or {}).get(t)
+            if at_baseline(ca.mean, base) and at_baseline(cb.mean, base):
+                skipped.append(f"{a} {rel} {b} on {t} (both at the best constant prediction)")
+                continue
+            seeds = sorted(set(ca.scores) & set(cb.scores))
+            x = {sd: ca.scores[sd] for sd in seeds}
+            y = {sd: cb.scores[sd] for sd in seeds}
+            cs.add(make_claim(f"{a} {rel} {b}", t, a, b, "dev_main (points)", x, y, direction[rel],  # type: ignore
+                              MARGIN if rel in (">=", "~") else 0.0, f"{a} {rel} {b}"))
+    return cs.finalize(), skipped
+
+
+def _holds(rel: str, verdict: str) -> str:
+    """What a verdict says about a claim of the paper's form."""
+    if rel == ">=":
+        return {"supported": "holds (a > b)", "equivalent within margin": "holds (a within the margin of b)",
+                "contradicted": "fails (a < b)"}.get(verdict, "not shown")
+    if rel == "~":
+        return {"equivalent within margin": "holds (equivalent)", "supported": "fails (they differ)"}.get(
+            verdict, "not shown")
+    return {"supported": "holds", "contradicted": "reversed"}.get(verdict, "not shown")
+
+
+def _claim_rows(
+    cells: Mapping[tuple[str, str], TableCell], tasks: list[str], baselines: Mapping[str, float] | None = None
+) -> list[str]:
+    """One row per claim and task: n seeds, mean paired difference [t CI], p, Holm p, TOST Holm p, MDE."""
+    from sltlab.analysis.stats import fmt_p
+
+    cs, skipped = claim_set(cells, tasks, baselines)
+    rows = [
+        "| claim | task | n (seeds) | mean diff a−b [95% CI] | p | Holm p | TOST Holm p (±margin) | MDE | verdict |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    rel_of = {f"{a} {rel} {b}": rel for a, b, rel in CLAIMS}
+    prev = ""
+    for c in cs.claims:
+        r = c.result
+        ci = f"{r.effect:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" if math.isfinite(r.lo) else f"{r.effect:+.2f} [–]"
+        tost = f"{fmt_p(c.p_tost_holm)} (±{c.margin:g})" if c.margin else "–"
+        name = c.name if c.name != prev else ""
+        prev = c.name
+        rows.append(f"| {name} | {c.scope} | {r.n} | {ci} | {fmt_p(r.p)} | {fmt_p(c.p_holm)} | {tost} | "
+                    f"{c.mde:.2f} | {c.verdict}: {_holds(rel_of[c.name], c.verdict)} |")
+    if skipped:
+        rows += ["", "Left out (both methods at the best constant prediction): " + "; ".join(skipped) + "."]
     return rows
 
 
@@ -332,7 +347,8 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
         "",
         f"Model: `{base['model']}` ({model_label(base['model'])}). Main metric in points (x100) on the dev "
         f"set ({dev_set}), mean ± sd over seeds at the "
-        f"learning rate chosen on dev ({select}). Training: {base['subsample'] or 'all'} examples, "
+        f"learning rate chosen on held-out training rows ({select}; dev never chooses). Training: "
+        f"{base['subsample'] or 'all'} examples, "
         f"{base['epochs']} epoch(s), batch {base['batch_size']}, max_len {base['max_len']}, AdamW (decay "
         f"{base['weight_decay']}) with warm-up {base['warmup_frac']} and cosine decay; every method also "
         f"trains a fresh head. {n_all} runs finished, {n_runs} of them at the chosen lr.",
@@ -430,10 +446,11 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
         "",
         "## Does the paper's ordering hold? (full ≥ BitFit ≈ LN > random)",
         "",
-        "Pairs are (task, seed) at each method's chosen lr; the CI is a percentile bootstrap of the mean "
-        "paired difference (`sltlab.analysis.stats.bootstrap_ci`); the Mann-Whitney test compares the two "
-        "methods' scores after subtracting each task's mean over methods (`mann_whitney`). "
-        f"'~' means equivalent within ±{MARGIN:g} points.",
+        "Each claim is tested per task (tasks are never pooled: their metrics differ), paired by seed at each "
+        "method's chosen lr: mean paired difference with its t interval, paired t p, Holm across every row, and "
+        f"TOST within ±{MARGIN:g} points for '≥' (non-inferiority) and '~' (equivalence); MDE = the difference the "
+        "paired t test detects with power 0.8 at that n and the strictest Holm alpha. With 3 seeds little can be "
+        "shown: 'not shown' is not 'false' (`sltlab.analysis.claims`).",
         "",
     ]
     lines += _claim_rows(cells, tasks, baselines)

@@ -44,11 +44,12 @@ def error_vs_width(
     fits: Mapping[str, Mapping[str, Any]],
     title: str,
 ) -> bytes:
-    """Relative error against source width per variant, log y: the mean over seeds with a min-max band, the
-    seeds as dots, and the fitted exponential law exp(a + b * width) as a dashed line (slope b in the
-    legend)."""
+    """Relative error against source width per variant, log y: the mean over weight seeds with a min-max band of
+    the per-seed means, the seeds as dots, and both fitted laws (sltlab.analysis.fits.fit_laws_by_seed) drawn over
+    the measured widths only: exponential dashed, power law dotted; the legend gives each law's slope with its
+    interval and whether its lack-of-fit test passes. series[variant][width] = one value per weight seed."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.2, 4.2))
+    fig, ax = plt.subplots(figsize=(6.6, 4.4))
     col = colours(list(series))
     for label, by_width in series.items():
         w = np.array(sorted(by_width), dtype=float)
@@ -61,23 +62,76 @@ def error_vs_width(
         ax.fill_between(w, [v.min() for v in vals], [v.max() for v in vals], color=col[label], alpha=0.15, lw=0)
         for x, v in zip(w, vals, strict=True):
             ax.scatter(np.full(v.size, x), v, s=8, color=col[label], alpha=0.5)
-        fit = fits.get(label, {})
-        slope = fit.get("exp_slope", float("nan"))
-        text = (
-            f"{label}: slope {slope:.3g}/unit, R² {fit.get('exp_r2', float('nan')):.2f}"
-            if math.isfinite(slope)
-            else label
-        )
-        ax.plot(w, mean, "-o", color=col[label], label=text, ms=4)
-        if math.isfinite(slope) and len(w) > 1:
-            xs = np.linspace(w.min(), w.max(), 50)
-            ax.plot(xs, np.exp(fit["exp_intercept"] + slope * xs), "--", color=col[label], lw=1)
+        ax.plot(w, mean, "-o", color=col[label], label=label, ms=4)
+        fit = fits.get(label) or {}
+        if len(w) > 1 and fit.get("exp") and fit.get("power"):
+            from sltlab.analysis.fits import predict
+
+            xs = np.linspace(min(fit["widths"]), max(fit["widths"]), 60)
+            for law, ls in (("exp", "--"), ("power", ":")):
+                f = fit[law]
+                lof = f["lack_of_fit"]["p"]
+                ok = "" if not math.isfinite(lof) else (", fits" if lof >= 0.05 else ", lack of fit")
+                unit = "/unit" if law == "exp" else ""
+                ax.plot(xs, predict(fit, law, xs), ls, color=col[label], lw=1,
+                        label=f"  {law} slope {f['slope']:.3g}{unit} [{f['slope_lo']:.3g}, {f['slope_hi']:.3g}]{ok}")
     ax.set_yscale("log")
-    ax.set_xlabel("source per-head width n")
+    ax.set_xscale("log")
+    ax.set_xlabel("source per-head width n (log)")
     ax.set_ylabel("relative error (held-out inputs)")
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+VERDICT_COLOURS = {"supported": "#2ca02c", "contradicted": "#d62728", "equivalent within margin": "#1f77b4",
+                   "inconclusive": "#7f7f7f"}
+
+
+def forest(claims: Sequence[Mapping[str, Any]]) -> bytes:
+    """Every claim's standardised effect d_z with its interval, one row per claim, coloured by verdict."""
+    plt = _plt()
+    n = max(1, len(claims))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.24 * n))
+    for i, c in enumerate(claims):
+        y = n - 1 - i
+        d, lo, hi = c.get("dz"), *(c.get("dz_ci") or (math.nan, math.nan))
+        colr = VERDICT_COLOURS.get(str(c.get("verdict")), "#7f7f7f")
+        if d is not None and math.isfinite(d):
+            if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi):
+                ax.hlines(y, lo, hi, color=colr, lw=1.5)
+            ax.plot([d], [y], "o", color=colr, ms=4)
+    ax.axvline(0, color="black", lw=0.8)
+    labels = [f"{c.get('name')} · {c.get('scope')} · {c.get('compare')} vs {c.get('reference')}"[:80] for c in claims]
+    ax.set_yticks(range(n - 1, n - 1 - len(labels), -1), labels, fontsize=6)
+    ax.set_xlabel("d_z = mean paired difference / sd of the differences (compare − reference), 95% interval")
+    for v, colr in VERDICT_COLOURS.items():
+        ax.plot([], [], "o", color=colr, label=v)
+    ax.legend(fontsize=6, loc="lower right")
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    return to_png(fig)
+
+
+def paired_claim(claim: Mapping[str, Any]) -> bytes:
+    """Both arms of one claim, a line per weight seed joining its two values, the means as bars."""
+    plt = _plt()
+    vals = claim.get("values") or {}
+    fig, ax = plt.subplots(figsize=(3.6, 3.4))
+    a = np.array([v[0] for v in vals.values()], dtype=float)
+    b = np.array([v[1] for v in vals.values()], dtype=float)
+    colr = VERDICT_COLOURS.get(str(claim.get("verdict")), "#7f7f7f")
+    for x, y in zip(b, a, strict=True):
+        ax.plot([0, 1], [x, y], "-o", color=colr, alpha=0.5, ms=3, lw=0.8)
+    if a.size:
+        ax.hlines([np.nanmean(b), np.nanmean(a)], [-0.2, 0.8], [0.2, 1.2], color="black", lw=2)
+    ax.set_xticks([0, 1], [str(claim.get("reference")), str(claim.get("compare"))], fontsize=8)
+    ax.set_xlim(-0.4, 1.4)
+    ax.set_ylabel(str(claim.get("measure")), fontsize=8)
+    ax.set_title(f"{claim.get('scope')}\n{claim.get('verdict')}, n={claim.get('n')}", fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
     return to_png(fig)
 
@@ -137,6 +191,11 @@ def attention_layers(
     """data[metric][f"{model}|{variant}"] = per-run lists of per-layer values. One row per metric, one column
     per model (ticket, random, target/dense); lines per variant over depth with sd error bars."""
     plt = _plt()
+    # a metric with no finite value anywhere (head diversity of one-head layers) would be an empty panel row
+    metrics = [(m, lab) for m, lab in metrics
+               if any(math.isfinite(x) for runs in data.get(m, {}).values() for run in runs for x in run)]
+    if not metrics:
+        metrics = [("entropy", "normalised entropy")]
     models = sorted({k.split("|")[0] for m in data.values() for k in m}, key=model_order)
     variants = sorted({k.split("|")[1] for m in data.values() for k in m})
     col = colours(variants)

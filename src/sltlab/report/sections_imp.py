@@ -19,7 +19,7 @@ from sltlab.report.context import ReportContext
 from sltlab.report.settings import variants_sorted
 from sltlab.runs.store import RunRecord
 
-TITLE = "6. IMP: the ticket across pruning rounds"
+TITLE = "IMP: the ticket across pruning rounds"
 RUN_HINT = (
     "`sltlab glue --config configs/glue_quick.toml --task sst2 --method imp --norm none,pre-ln --seeds 2 "
     "--set imp_rounds=3`"
@@ -65,7 +65,7 @@ def _norm_pairs(recs: Sequence[RunRecord]) -> dict[tuple, dict[str, RunRecord]]:
 
 
 def section_imp(ctx: ReportContext, glue: list[RunRecord]) -> Section:
-    s = Section(TITLE)
+    s = Section(TITLE, collapsed=True)
     imp = [r for r in glue if r.config.get("method") == "imp"]
     if not imp:
         s.note(f"No finished GLUE IMP runs, so no pruning rounds to compare. Run e.g. {RUN_HINT}.")

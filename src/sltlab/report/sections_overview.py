@@ -11,7 +11,7 @@ from sltlab.runs.store import RunRecord
 
 
 def section_overview(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Section:
-    s = Section("Store overview")
+    s = Section("Store overview", collapsed=True)
     rows = []
     diverged = 0
     for kind in sorted(set(runs) | {"approx", "glue", "peft", "lm"}):

@@ -1,5 +1,5 @@
-"""Section 5: task performance of GLUE, PEFT and LM runs, mean over seeds with bootstrap intervals and tests
-across methods and norms."""
+"""Task performance of GLUE, PEFT and LM runs: the mean over weight seeds (score seeds averaged within each) with a
+t interval. Descriptive: comparisons that a study declared are tested in the claims table, nowhere else."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from sltlab.analysis import stats
 from sltlab.report import plots
 from sltlab.report.blocks import Section, Table, finite, fmt
 from sltlab.report.context import ReportContext
-from sltlab.report.settings import is_ln
-from sltlab.report.stat_tables import KW_EMPTY, KW_HEADERS, STAT_EMPTY, STAT_HEADERS, kw_row, ln_test, stat_row
 from sltlab.runs.store import RunRecord
 
 
@@ -43,7 +41,7 @@ def _lm_bytes_figure(ctx: ReportContext, s: Section, recs: list[RunRecord]) -> N
 
 
 def section_tasks(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Section:
-    s = Section("5. Task performance (GLUE, PEFT, LM)")
+    s = Section("Task performance (GLUE, PEFT, LM)", collapsed=True)
     any_rows = False
     for kind in ("glue", "peft", "lm"):
         recs = runs.get(kind, [])
@@ -51,7 +49,7 @@ def section_tasks(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Secti
             s.note(f"No finished `{kind}` runs.")
             ctx.missing.append(f"{kind} runs")
             continue
-        cells: dict[tuple, list[float]] = defaultdict(list)
+        per_seed: dict[tuple, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
         metric_names: dict[tuple, str] = {}
         extra: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for r in recs:
@@ -64,12 +62,14 @@ def section_tasks(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Secti
             name, val = _main_metric(r)
             if val is None:
                 continue
-            cells[key].append(val)
+            per_seed[key][int(c.get("seed", r.seed or 0))].append(val)
             metric_names[key] = name
             for k, alias in (("params_trainable", "trainable"), ("density", "density")):
                 val = r.metrics.get(k, r.metrics.get(alias))
                 if finite(val):
                     extra[key][k].append(float(val))
+        # one value per weight seed: its score seeds averaged
+        cells = {k: [float(np.mean(v)) for _, v in sorted(by.items())] for k, by in per_seed.items()}
         rows = []
         for key in sorted(cells):
             e = extra[key]
@@ -77,30 +77,14 @@ def section_tasks(ctx: ReportContext, runs: dict[str, list[RunRecord]]) -> Secti
                 [
                     *key,
                     metric_names[key],
-                    stats.bootstrap_ci(cells[key]).fmt(4),
+                    stats.mean_ci(cells[key]).fmt(4),
                     fmt(float(np.mean(e["params_trainable"]))) if e.get("params_trainable") else "n/a",
                     fmt(float(np.mean(e["density"]))) if e.get("density") else "n/a",
                 ]
             )
-        s.p(f"**{kind}**: mean of the main metric over seeds, 95% bootstrap interval, n seeds.")
-        s.table(Table(["task", "method", "norm", "metric", "mean [95% CI] (n)", "trainable params", "density"], rows))
-        kw_rows, mw_rows = [], []
-        tasks = sorted({k[0] for k in cells})
-        for task in tasks:
-            by_method: dict[str, list[float]] = defaultdict(list)
-            for (t, m, _), vals in cells.items():
-                if t == task:
-                    by_method[m] += vals
-            if len(by_method) > 1:
-                kw_rows.append(kw_row(f"{kind} {task}: across methods", stats.kruskal_wallis(by_method)))
-            for method in sorted({k[1] for k in cells if k[0] == task}):
-                by_norm = {k[2]: v for k, v in cells.items() if k[0] == task and k[1] == method}
-                if any(is_ln(n) for n in by_norm) and any(not is_ln(n) for n in by_norm):
-                    mw_rows.append(stat_row(f"{kind} {task} {method}", ln_test(by_norm, "two-sided")))
-        if kw_rows:
-            s.table(Table(KW_HEADERS, kw_rows, KW_EMPTY))
-        if mw_rows:
-            s.table(Table(STAT_HEADERS, mw_rows, STAT_EMPTY))
+        s.p(f"**{kind}**: mean of the main metric over weight seeds (n), 95% t interval.")
+        s.table(Table(["task", "method", "norm", "metric", "mean [95% CI] (n)", "trainable params", "density"], rows,
+                      merge=2))
         if kind == "lm":
             _lm_bytes_figure(ctx, s, recs)
         ctx.summary[kind] = [{"task": k[0], "method": k[1], "norm": k[2], "values": v} for k, v in cells.items()]

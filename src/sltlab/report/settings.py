@@ -42,3 +42,34 @@ def setting_label(setting: tuple) -> str:
 
 def variants_sorted(variants: Any) -> list[str]:
     return sorted(set(variants), key=lambda v: (is_ln(v), v))
+
+
+def target_groups(recs: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
+    """Split approximation runs by the target they imitate, so no table or figure puts variants with different
+    targets side by side unlabelled: one group per shared target ("shared target: none"; the no-norm runs of the
+    same seeds join it: their own target is that target) and one for runs that imitate their own-norm target."""
+    shared: dict[str, list[RunRecord]] = {}
+    own: list[RunRecord] = []
+    for r in recs:
+        t = r.config.get("target_norm")
+        if t is None:
+            own.append(r)
+        else:
+            shared.setdefault(str(t), []).append(r)
+    out = []
+    for t, rs in sorted(shared.items()):
+        joined = [r for r in own if _own_target(r) == t]
+        out.append((f"shared target: {t}", rs + joined))
+    if own and (not shared or any(_own_target(r) not in shared for r in own)):
+        out.append(("own-norm targets" if any(_own_target(r) != "none" for r in own) else "target: none", own))
+    return out
+
+
+def _own_target(rec: RunRecord) -> str:
+    from sltlab.nn.norm import NormSpec
+
+    try:
+        spec = NormSpec.parse(str(rec.config.get("norm", rec.config.get("variant", "none"))))
+    except Exception:  # noqa: BLE001 - an unknown norm name from another version
+        return "?"
+    return spec.name.replace("+affine", "")

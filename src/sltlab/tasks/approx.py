@@ -1,10 +1,20 @@
 """The approximation study (Otsuka et al. 2025): does a wider random attention contain a ticket that imitates a target?
 
-Target: a multi-head attention (arch "mha": a bare MHA under the norm spec, no residual) or a stack of residual blocks
-(arch "stack"), weights drawn from a seed. Source: the same kind, same d_model, heads and norm spec, but per-head
-query/key/value width n (swept); random and frozen. The ticket is the mask on the source that minimises the mean
-squared output error to the target on random Gaussian inputs (plus the norm affine for a LayerNorm-integrated ticket,
-variant "...+affine" or "ln-integrated"). Besides plain edge-popup and annealed masks the search can use the field's
+Target: a multi-head attention (arch "mha": a bare MHA under a norm spec, no residual) or a stack of residual blocks
+(arch "stack"), weights drawn from a seed. Source: the same kind, same d_model and heads, the run's own norm variant,
+but per-head query/key/value width n (swept); random and frozen.
+
+Which target a run imitates is the study's `target` setting, and it decides what a comparison of variants means:
+- "shared" (the default): every norm variant imitates the *same* target, the `target_variant` one (default "none")
+  of the same seed. Variants are then compared on one problem: which architecture holds the better ticket for the
+  same function. The no-norm cells are the same problem as under "own" and keep their run ids.
+- "own": each variant imitates a target with its own norm (affine frozen). Pre-LN bare attention is then the no-norm
+  problem on LN(x) inputs, so an error difference between variants mixes the ticket with the problem; use it for
+  the per-variant question only. A run records `target_norm` whenever its target's norm is not its own.
+
+The ticket is the mask on the source that minimises the mean squared output error to the target on random
+Gaussian inputs (plus the norm affine for a LayerNorm-integrated ticket, variant "...+affine" or "ln-integrated").
+Besides plain edge-popup and annealed masks the search can use the field's
 edge-popup variants (sltlab.tickets.supermask): method "multicoated" (`coats` nested coats, `coat_keeps`) and method
 "partially-frozen" (a `frozen_pruned` / `frozen_kept` fraction of the source fixed before the search, drawn from the
 run seed, so every score seed searches the same partially frozen source). On held-out inputs we report the
@@ -22,6 +32,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from sltlab.analysis.claims import ClaimsPlan
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec
 from sltlab.nn.norm import NormSpec
@@ -62,6 +73,10 @@ class ApproxStudy:
     widths: tuple[int, ...] = (8, 16, 32, 64)
     variants: tuple[str, ...] = ("none", "pre-ln", "post-ln", "ln-integrated")
     methods: tuple[str, ...] = ("edge-popup",)
+    # "shared": every variant imitates the target_variant target of the same seed (one problem for all variants);
+    # "own": each variant imitates a target with its own norm (the per-variant question). See the module docstring.
+    target: Literal["shared", "own"] = "shared"
+    target_variant: str = "none"
     seeds: tuple[int, ...] = (0, 1)
     score_seeds: tuple[int, ...] = (0,)
     keep: float = 0.5
@@ -74,6 +89,15 @@ class ApproxStudy:
     n_test: int = 1024
     batch_size: int = 128
     search: SearchConfig = field(default_factory=lambda: SearchConfig(steps=300, lr=0.05))
+    # The search lr chosen per problem (variant x width x heads x method) from this grid, on the held-out error
+    # (fresh inputs from the training distribution, never the test inputs) of the first `select_seeds` weight seeds
+    # and the first score seed (sltlab.tasks.selection); [] = search.lr for every cell, nothing chosen.
+    lr_grid: tuple[float, ...] = ()
+    select_on: str = "train-holdout"
+    select_seeds: int = 1
+    # The claims the report tests on this study, declared before the run (sltlab.analysis.claims): measures,
+    # predicted directions, equivalence margins. Recorded in the store when the sweep starts; not in any run id.
+    claims: ClaimsPlan | None = None
     # Mask-variant settings, read only by the methods that name them (and hashed only into their cells' run ids):
     # "multicoated" uses coats / coat_keeps ([] = evenly spaced below keep), "partially-frozen" the two fractions.
     coats: int = 3
@@ -105,6 +129,9 @@ class ApproxStudy:
         check_range("study.keep", self.keep, 0.0, 1.0, lo_open=True)
         for i, v in enumerate(self.variants):
             variant_norm(v, f"study.variants[{i}]")
+        if self.target not in ("shared", "own"):
+            raise ConfigError("study.target", f"got {self.target!r}", "shared | own")
+        variant_norm(self.target_variant, "study.target_variant")
         for i, m in enumerate(self.methods):
             if m not in METHODS:
                 raise ConfigError(f"study.methods[{i}]", f"unknown method {m!r}", " | ".join(METHODS))
@@ -145,6 +172,14 @@ class ApproxStudy:
                               "a smaller seq_len, n_train, n_test or d_model")
         if not self.seeds or not self.score_seeds:
             raise ConfigError("study.seeds", "needs at least one seed and one score seed")
+        from sltlab.analysis.selection import check_select_on
+
+        check_select_on(self.select_on, "study.select_on")
+        for i, lr in enumerate(self.lr_grid):
+            check_range(f"study.lr_grid[{i}]", lr, 0.0, lo_open=True)
+        if len(set(self.lr_grid)) != len(self.lr_grid):
+            raise ConfigError("study.lr_grid", "lists an lr twice", "distinct learning rates")
+        check_range("study.select_seeds", self.select_seeds, 1, len(self.seeds))
         if "multicoated" in self.methods and self.coats < 2:
             raise ConfigError("study.coats", f"method 'multicoated' with {self.coats} coat(s) is plain edge-popup",
                               "coats >= 2, or method 'edge-popup'")
@@ -187,9 +222,13 @@ class ApproxStudy:
         return {}
 
     def __post_init__(self) -> None:
-        for name in ("heads", "widths", "variants", "methods", "seeds", "score_seeds", "folds"):
+        for name in ("heads", "widths", "variants", "methods", "seeds", "score_seeds", "folds", "lr_grid"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.validate()
+
+    def at_lr(self, lr: float) -> ApproxStudy:
+        """The same study with every search at `lr` (one grid point)."""
+        return replace(self, search=replace(self.search, lr=lr), lr_grid=())
 
     def cells(self) -> list[ApproxRun]:
         out = []
@@ -224,6 +263,13 @@ class ApproxRun:
     def norm(self) -> NormSpec:
         return variant_norm(self.variant)
 
+    @property
+    def target_norm(self) -> NormSpec:
+        """The target's norm: the shared target's, or the run's own; a target never learns an affine."""
+        s = self.study
+        base = variant_norm(s.target_variant, "study.target_variant") if s.target == "shared" else self.norm
+        return replace(base, affine="frozen")
+
     def config_dict(self) -> dict[str, Any]:
         """What the store hashes: the run's own settings, not the sweep's other cells."""
         s = self.study
@@ -239,6 +285,10 @@ class ApproxRun:
             **{k: list(v) if isinstance(v, tuple) else v for k, v in s.mask_variant(self.method, self.seed).items()
                if k != "frozen_seed"},
             **run_id_fields(s.device, s.precision, s.deterministic),
+            # only a run whose target is not its own-norm target carries this, so own-target runs (and every
+            # no-norm run under the default shared target) keep the run ids they always had
+            **({"target_norm": self.target_norm.name}
+               if self.target_norm != replace(self.norm, affine="frozen") else {}),
             # only folded cells carry these, so unfolded cells keep their run ids
             **({"fold": self.fold} if self.folded else {}),
             **({"mask_sharing": s.mask_sharing} if self.folded and s.mask_sharing != "unshared" else {}),
@@ -247,10 +297,9 @@ class ApproxRun:
     def target_spec(self) -> ModelSpec:
         s = self.study
         tw = s.target_n_k(self.n_heads)
-        norm = replace(self.norm, affine="frozen")
         cfg = ModelConfig(
             d_model=s.d_model, n_heads=self.n_heads, n_layers=s.n_blocks, n_k=tw, n_v=tw,
-            d_ff=4 * s.d_model, mlp=s.mlp, norm=norm, final_norm=False,
+            d_ff=4 * s.d_model, mlp=s.mlp, norm=self.target_norm, final_norm=False,
         )
         arch = "mha" if s.module == "mha" else "stack"
         # The target's weights come from the run seed; the source's from a different stream of the same seed.
@@ -357,6 +406,9 @@ def approx_finder(
         raise ConfigError(
             "study.mlp", "the construction covers attention only", "mlp = false with method construct"
         )
+    if run.target_norm != replace(run.norm, affine="frozen"):
+        raise ConfigError("study.target", f"the construction copies the target's norm, but variant {run.variant!r} "
+                          f"imitates a {run.target_norm.name!r} target", 'target = "own" with method construct')
     from sltlab.tickets.construct import construct_ticket
 
     return construct_ticket(source, target, cfg, progress)
@@ -398,6 +450,9 @@ def run_cell(run: ApproxRun, progress: bool = False, return_curve: bool = False
         extra = finder_for(run.method)(run, source, target, x_train, y_train, progress)
     t2 = time.perf_counter()
     metrics = evaluate_pair(source, target, x_test)
+    # Fresh inputs from the training distribution, never the test inputs: what an lr grid chooses on.
+    x_hold = random_inputs(run.seed, s.n_test, s.seq_len, s.d_model, "holdout").to(device)
+    metrics["holdout_rel_error"] = evaluate_pair(source, target, x_hold)["rel_error"]
     metrics.update(extra)
     if "_curve" in metrics and not return_curve:
         metrics.pop("_curve")
@@ -426,11 +481,60 @@ def approx_cell(run: ApproxRun, ctx: CellContext) -> CellOutput:
 
 
 def study_cells(study: ApproxStudy) -> list[Cell]:
+    """Every cell of the study; with an lr grid, every grid point's (run_study keeps the chosen ones)."""
+    if study.lr_grid:
+        return [c for lr in study.lr_grid for c in study_cells(study.at_lr(lr))]
     return [
         Cell(KIND, run.config_dict(), run.seed, approx_cell, run,
-             label=f"h={run.n_heads} {run.variant} {run.method} n={run.width} s={run.seed}/{run.score_seed}")
+             label=f"h={run.n_heads} {run.variant} {run.method} n={run.width} lr={study.search.lr:g} "
+                   f"s={run.seed}/{run.score_seed}")
         for run in study.cells()
     ]
+
+
+def grid_cells(study: ApproxStudy) -> list[Cell]:
+    """The lr grid: every grid point on the selection seeds (the first select_seeds weight seeds, first score
+    seed)."""
+    sel = replace(study, seeds=study.seeds[: study.select_seeds], score_seeds=study.score_seeds[:1])
+    return study_cells(sel)
+
+
+def grid_spec(study: ApproxStudy) -> Any:
+    from sltlab.tasks.selection import GridSpec
+
+    return GridSpec(("search.lr",), "holdout_rel_error", lower_is_better=True,
+                    order={"search.lr": list(study.lr_grid)})
+
+
+def run_sweep(study: ApproxStudy, store: Any, options: ExecOptions, log: Callable[[str], None] = print) -> Any:
+    """Run the study into an open store: straight through, or with an lr grid the grid first, then every other
+    cell at its problem's chosen lr. Returns the SweepReport of the study's final cells. A study with a claims plan
+    records it in the store first (sltlab.tasks.plans): declared before any of its cells runs."""
+    if study.claims is not None:
+        from sltlab.tasks.plans import record_plan
+
+        record_plan(store, study.name, KIND, study.claims, design={
+            "module": study.module, "d_model": study.d_model, "heads": list(study.heads),
+            "n_blocks": study.n_blocks, "mlp": study.mlp, "widths": list(study.widths),
+            "variants": list(study.variants), "methods": list(study.methods), "seeds": list(study.seeds),
+            "score_seeds": list(study.score_seeds), "target": study.target, "target_variant": study.target_variant,
+            "lr_grid": list(study.lr_grid), "select_on": study.select_on,
+            "run_ids": [c.run_id for c in study_cells(study)]})
+    if not study.lr_grid:
+        return run_cells(study_cells(study), store, options, log=log)
+    from sltlab.tasks.selection import run_selected
+
+    report, selection = run_selected(grid_cells(study), study_cells(study), grid_spec(study), store, options, log)
+    chosen = [c for c in selection.choices if c.chosen is not None]
+    if chosen:
+        import json
+
+        counts: dict[str, int] = {}
+        for c in chosen:
+            lr = json.loads(c.chosen)[0]  # type: ignore[arg-type]
+            counts[f"{lr:g}"] = counts.get(f"{lr:g}", 0) + 1
+        log("lr chosen on held-out inputs: " + ", ".join(f"{k} for {v} problem(s)" for k, v in sorted(counts.items())))
+    return report
 
 
 def run_study(study: ApproxStudy, store_path: str | None = None, progress: bool = True,
@@ -443,7 +547,7 @@ def run_study(study: ApproxStudy, store_path: str | None = None, progress: bool 
 
     opts = options or ExecOptions(executor="serial", threads=study.threads, progress=progress)
     with Store(store_path or study.store) as store:
-        report = run_cells(study_cells(study), store, opts, log=log)
+        report = run_sweep(study, store, opts, log=log)
     if report.skipped:
         log(f"approx: {len(report.skipped)} of {len(report.run_ids)} cells already finished; ran {len(report.ran)}")
     return report.run_ids

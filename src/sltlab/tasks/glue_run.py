@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sltlab.analysis.claims import ClaimsPlan
 from sltlab.errors import ConfigError, SltlabError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
@@ -117,12 +118,22 @@ class GlueRunConfig:
     train_limit: 0 = the whole training set, else a subsample of that many rows drawn with `data_seed` (the
     same rows for every seed and method, so seeds vary the network and the batch order only). dev_limit: 0 =
     all.
+
+    seed / score_seed: `seed` is the weight seed (the random network, the unit of replication); `score_seed` draws
+    the mask scores and the batch order. None (the default) = the weight seed draws them too, as before the field
+    existed (and the run id is unchanged).
+
+    holdout: rows of the training split held out before anything trains (drawn with `data_seed`, before the
+    train_limit subsample; the tokenizer never sees them either). Every run scores them (`holdout_main` and the
+    task's metrics with a `holdout_` prefix): that is what a sweep's lr grid chooses on. The dev split is scored
+    once per run and reported, never used to choose. 0 = no held-out rows (left out of the run id).
     """
 
     task: str = "sst2"
     method: Literal["dense", "edge-popup", "ln-integrated", "annealed", "imp"] = "edge-popup"
     norm: str = "pre-ln"
     seed: int = 0
+    score_seed: int | None = None
     # model
     d_model: int = 128
     n_heads: int = 4
@@ -141,6 +152,7 @@ class GlueRunConfig:
     train_limit: int = 0
     dev_limit: int = 0
     data_seed: int = 0
+    holdout: int = 0
     source: Literal["local", "hf"] = "local"
     # optimisation
     steps: int = 400
@@ -198,6 +210,9 @@ class GlueRunConfig:
         check_range("warmup", self.warmup, 0)
         check_range("grad_clip", self.grad_clip, 0.0)
         check_range("train_limit", self.train_limit, 0)
+        check_range("holdout", self.holdout, 0)
+        if self.score_seed is not None:
+            check_range("score_seed", self.score_seed, 0)
         check_range("dev_limit", self.dev_limit, 0)
         check_range("trained_embedding_scale", self.trained_embedding_scale, 0.0, lo_open=True)
         if self.imp_rewind_step > self.steps:
@@ -237,8 +252,11 @@ class GlueRunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self.resolved())
-        if not out["affine_lr"]:
-            del out["affine_lr"]
+        for key in ("affine_lr", "holdout"):  # at their defaults, runs keep the ids they had before these existed
+            if not out[key]:
+                del out[key]
+        if out["score_seed"] is None:
+            del out["score_seed"]
         for k in ("device", "precision", "deterministic"):
             del out[k]
         out.update(run_id_fields(self.device, self.precision, self.deterministic))
@@ -261,6 +279,11 @@ class GlueRunConfig:
             scope=self.imp_scope,
             rewind_step=self.imp_rewind_step,
         )
+
+    @property
+    def order_seed(self) -> int:
+        """What draws the mask scores and the batch order: the score seed, else the weight seed."""
+        return self.seed if self.score_seed is None else self.score_seed
 
     def search_config(self) -> SearchConfig:
         return SearchConfig(
@@ -325,6 +348,7 @@ class TaskData:
     encoder: TextEncoder
     train: Encoded
     dev: dict[str, Encoded] = field(default_factory=dict)
+    holdout: Encoded | None = None
 
 
 def prepare_data(cfg: GlueRunConfig, data_dir: str | Path | None = None, cache: str | Path | None = None) -> TaskData:
@@ -332,12 +356,22 @@ def prepare_data(cfg: GlueRunConfig, data_dir: str | Path | None = None, cache: 
     everything."""
     info = get_task(cfg.task)
     train = load_split(info.name, "train", data_dir, source=cfg.source)
+    held = None
+    if cfg.holdout:
+        if cfg.holdout >= len(train):
+            raise ConfigError("holdout", f"{cfg.holdout} rows held out of a training split of {len(train)}",
+                              f"fewer than {len(train)} rows, e.g. {max(1, len(train) // 10)}")
+        # drawn before the subsample, from its own stream of data_seed: the same rows for every seed and method
+        pick = np.random.default_rng([cfg.data_seed, 1]).choice(len(train), cfg.holdout, replace=False)
+        keep = np.setdiff1d(np.arange(len(train)), pick)
+        held, train = train.subset(np.sort(pick)), train.subset(keep)
     if cfg.train_limit and len(train) > cfg.train_limit:
         rng = np.random.default_rng(cfg.data_seed)
         train = train.subset(np.sort(rng.choice(len(train), cfg.train_limit, replace=False)))
     texts = list(train.texts_a) + (list(train.texts_b) if train.texts_b is not None else [])
     encoder = make_encoder(texts, TokenizerSpec(vocab_size=cfg.vocab_size, pretrained=cfg.tokenizer), cache)
-    data = TaskData(info, encoder, _encode(encoder, train, info, cfg.max_len))
+    data = TaskData(info, encoder, _encode(encoder, train, info, cfg.max_len),
+                    holdout=_encode(encoder, held, info, cfg.max_len) if held is not None else None)
     for split in info.dev_splits:
         dev = load_split(info.name, split, data_dir, limit=cfg.dev_limit or None, source=cfg.source)
         data.dev[split] = _encode(encoder, dev, info, cfg.max_len)
@@ -375,7 +409,7 @@ def model_spec(cfg: GlueRunConfig, vocab_size: int, n_outputs: int) -> ModelSpec
             free=("head.*",) if trained_head else (),
             scale=cfg.mask_scale if cfg.method == "ln-integrated" else "none",
             train_norm=cfg.method == "ln-integrated",
-            seed=cfg.seed,
+            seed=cfg.order_seed,
             temperature=cfg.temperature_start,
         )
     # type: ignore
@@ -419,7 +453,20 @@ def predict(model: nn.Module, data: Encoded, info: TaskInfo, batch_size: int = 2
 
 
 def evaluate(model: nn.Module, data: TaskData) -> dict[str, float]:
-    """The task's official metrics on its dev split(s), plus `main_metric`'s value as `main`."""
+    """The task's official metrics on its dev split(s), plus `main_metric`'s value as `main`; with held-out
+    training rows, the same metrics on them, prefixed `holdout_` (what an lr grid chooses on)."""
+    info = data.info
+    out: dict[str, float] = {}
+    if data.holdout is not None:
+        ph = predict(model, data.holdout, info)
+        hm = compute_metrics(info.name, ph, data.holdout.labels.numpy()) if len(data.dev) == 1 else \
+            compute_metrics(info.name, ph, data.holdout.labels.numpy(), data.holdout.labels.numpy(), ph)
+        out = {f"holdout_{k}": v for k, v in hm.items()}
+        out["holdout_main"] = hm[main_metric(info.name)]
+    return {**_evaluate_dev(model, data), **out}
+
+
+def _evaluate_dev(model: nn.Module, data: TaskData) -> dict[str, float]:
     info = data.info
     splits = list(data.dev)
     p0 = predict(model, data.dev[splits[0]], info)
@@ -482,14 +529,15 @@ def _fit(cfg: GlueRunConfig, data: TaskData, model: nn.Module, progress: bool) -
     device = next(model.parameters()).device
     search = cfg.search_config()
     loss_fn = _loss(info)
-    desc = f"{info.name} {cfg.method} {cfg.norm} s{cfg.seed}"
+    desc = f"{info.name} {cfg.method} {cfg.norm} s{cfg.seed}" + (f"/{cfg.score_seed}" if cfg.score_seed is not None
+                                                                  else "")
     total, trainable = count_params(model)
     extras: dict[str, Any] = {}
     if cfg.method != "imp":
         history = run_search(
             model,
             loss_fn,
-            OnDevice(Batches(data.train, cfg.batch_size, cfg.seed), device),
+            OnDevice(Batches(data.train, cfg.batch_size, cfg.order_seed), device),
             search,
             progress=progress,
             desc=desc,
@@ -517,7 +565,7 @@ def _fit(cfg: GlueRunConfig, data: TaskData, model: nn.Module, progress: bool) -
         history = run_search(
             model,
             loss_fn,
-            OnDevice(Batches(data.train, cfg.batch_size, cfg.seed), device),
+            OnDevice(Batches(data.train, cfg.batch_size, cfg.order_seed), device),
             search,
             callbacks=cbs,
             progress=progress,
@@ -558,7 +606,8 @@ _DATA: dict[tuple, TaskData] = {}  # per process: consecutive cells of one task 
 
 
 def _data_key(cfg: GlueRunConfig) -> tuple:
-    return (cfg.task, cfg.train_limit, cfg.dev_limit, cfg.data_seed, cfg.vocab_size, cfg.tokenizer, cfg.max_len,
+    return (cfg.task, cfg.train_limit, cfg.dev_limit, cfg.data_seed, cfg.holdout, cfg.vocab_size, cfg.tokenizer,
+            cfg.max_len,
             cfg.source)
 
 
@@ -576,7 +625,7 @@ def glue_cell(arg: GlueCellArg, ctx: CellContext, data: TaskData | None = None) 
     t0 = time.perf_counter()
     data = data if data is not None else cell_data(cfg, arg.data_dir, arg.cache)
     t1 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.order_seed)
     model, spec, metrics, extras = train_cell(cfg, data, ctx.progress)
     t2 = time.perf_counter()
     which = "trainable" if cfg.method in MASKED else "all"
@@ -590,6 +639,7 @@ def glue_cell(arg: GlueCellArg, ctx: CellContext, data: TaskData | None = None) 
         main_metric=main_metric(cfg.task),
         dev_n=len(next(iter(data.dev.values()))),
         train_n=len(data.train),
+        holdout_n=len(data.holdout) if data.holdout is not None else 0,
         vocab_size=data.encoder.vocab_size,
         vocab_sha256=data.encoder.vocab_sha256,  # names the exact vocabulary the run encoded its text with
     )
@@ -609,7 +659,9 @@ def glue_cells(cfgs: list[GlueRunConfig], data_dir: str | Path | None = None,
         cfg = cfg.resolved()
         arg = GlueCellArg(cfg, None if data_dir is None else str(data_dir), None if cache is None else str(cache))
         out.append(Cell(KIND, cfg.to_dict(), cfg.seed, glue_cell, arg,
-                        label=f"{cfg.task} {cfg.method} {cfg.norm} s{cfg.seed}",
+                        label=f"{cfg.task} {cfg.method} {cfg.norm} lr={cfg.lr:g}"
+                              + (f" alr={cfg.affine_lr:g}" if cfg.affine_lr else "") + f" s{cfg.seed}"
+                              + (f"/{cfg.score_seed}" if cfg.score_seed is not None else ""),
                         device=getattr(cfg, "device", "cpu")))
     return out
 
@@ -640,14 +692,28 @@ def run_cell(
 # ---------------------------------------------------------------------------------------------------- sweep
 @dataclass(frozen=True)
 class GlueSweepConfig:
-    """tasks x methods x norms x seeds, each cell a GlueRunConfig built from `run` (shared settings), then
-    `task[task]` (per-task settings, e.g. fewer steps on a small task), then `method[method]` (per-method
-    settings such as lr). Cells that cannot exist (ln-integrated without a norm) are skipped."""
+    """tasks x methods x norms x seeds (x score seeds), each cell a GlueRunConfig built from `run` (shared
+    settings), then `task[task]` (per-task settings, e.g. fewer steps on a small task), then `method[method]`
+    (per-method settings such as lr). Cells that cannot exist (ln-integrated without a norm) are skipped.
+
+    seeds are weight seeds (the unit of replication); score_seeds ([] = none: the weight seed draws scores and
+    batch order, as before) are nested in each. lr_grid / affine_lr_grid: {norm or "*": [values]} — every
+    masked cell's lr (and affine lr) chosen per (task, method, norm) from its norm's grid on the held-out training
+    rows (`run.holdout` > 0 required) of the first `select_seeds` weight seeds and the first score seed; the other
+    cells run at the chosen values only (sltlab.tasks.selection). Dev scores are never used to choose."""
 
     tasks: tuple[str, ...] = ("sst2",)
     methods: tuple[str, ...] = ("dense", "edge-popup")
     norms: tuple[str, ...] = ("none", "pre-ln")
     seeds: tuple[int, ...] = (0,)
+    score_seeds: tuple[int, ...] = ()
+    lr_grid: dict[str, list[float]] = field(default_factory=dict)
+    affine_lr_grid: dict[str, list[float]] = field(default_factory=dict)
+    select_on: str = "train-holdout"
+    select_seeds: int = 1
+    # a name for the study's plan in the store (default: glue-<tasks>); only read with `claims`
+    study: str = ""
+    claims: ClaimsPlan | None = None
     run: dict[str, Any] = field(default_factory=dict)
     method: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
@@ -659,11 +725,53 @@ class GlueSweepConfig:
     def __post_init__(self) -> None:
         check_device_name(self.device, "device")
         check_precision(self.precision, "precision")
+        from sltlab.analysis.selection import check_select_on
+
+        check_select_on(self.select_on, "select_on")
+        for name in ("lr_grid", "affine_lr_grid"):
+            for norm, values in getattr(self, name).items():
+                if norm != "*":
+                    NormSpec.parse(norm, field=f"{name}.{norm}")
+                if not isinstance(values, list | tuple) or not values:
+                    raise ConfigError(f"{name}.{norm}", f"got {values!r}", "a non-empty list of learning rates")
+                for i, v in enumerate(values):
+                    if isinstance(v, bool) or not isinstance(v, int | float):
+                        raise ConfigError(f"{name}.{norm}[{i}]", f"got {v!r}", "a number")
+                    check_range(f"{name}.{norm}[{i}]", float(v), 0.0, lo_open=True)
+        if self.has_grid and not self.run.get("holdout"):
+            raise ConfigError("run.holdout", "an lr grid is chosen on held-out training rows, but none are held out",
+                              "run.holdout = 1000 (rows of the training split no run trains on)")
+        if self.seeds:
+            check_range("select_seeds", self.select_seeds, 1, len(self.seeds))
+
+    @property
+    def has_grid(self) -> bool:
+        return bool(self.lr_grid or self.affine_lr_grid)
+
+    def grid_for(self, method: str, norm: str) -> list[tuple[float | None, float | None]]:
+        """The (lr, affine_lr) points of a masked method under `norm` (None = not varied)."""
+        if method not in MASKED:
+            return [(None, None)]
+        key = NormSpec.parse(norm).name
+        lrs = self.lr_grid.get(key, self.lr_grid.get("*", [None]))
+        alrs = (self.affine_lr_grid.get(key, self.affine_lr_grid.get("*", [None])) if method == "ln-integrated"
+                else [None])
+        return [(lr, alr) for lr in lrs for alr in alrs]
+
+    def grid_spec(self) -> Any:
+        from sltlab.tasks.selection import GridSpec
+
+        return GridSpec(("lr", "affine_lr"), "holdout_main", lower_is_better=False)
+
+    def grid_cells(self) -> list[GlueRunConfig]:
+        """Every grid point on the selection seeds (the first select_seeds weight seeds, first score seed)."""
+        sub = dataclasses.replace(self, seeds=self.seeds[: self.select_seeds], score_seeds=self.score_seeds[:1])
+        return sub.cells()
 
     def cells(self) -> list[GlueRunConfig]:
-        bad = sorted(set(self.run) & {"task", "method", "norm", "seed"})
+        bad = sorted(set(self.run) & {"task", "method", "norm", "seed", "score_seed"})
         if bad:
-            raise ConfigError(f"run.{bad[0]}", "is set by the sweep lists", "tasks, methods, norms, seeds")
+            raise ConfigError(f"run.{bad[0]}", "is set by the sweep lists", "tasks, methods, norms, seeds, score_seeds")
         for t in self.task:  # settings for tasks left out of this sweep (e.g. by --task) are simply unused
             try:
                 get_task(t)
@@ -678,7 +786,10 @@ class GlueSweepConfig:
                 for norm in self.norms:
                     if method == "ln-integrated" and NormSpec.parse(norm, field="norms").kind == "none":
                         continue
-                    for seed in self.seeds:
+                    for (lr, alr), seed, score_seed in (
+                        (g, w, s) for g in self.grid_for(method, norm) for w in self.seeds
+                        for s in (self.score_seeds or (None,))
+                    ):
                         data = {
                             **self.run,
                             **where_fields(self.device, self.precision, self.deterministic),
@@ -688,6 +799,9 @@ class GlueSweepConfig:
                             "method": method,
                             "norm": norm,
                             "seed": seed,
+                            **({"score_seed": score_seed} if score_seed is not None else {}),
+                            **({"lr": lr} if lr is not None else {}),
+                            **({"affine_lr": alr} if alr is not None else {}),
                         }
                         out.append(GlueRunConfig.from_dict(data, prefix="run"))
         if not out:
@@ -705,6 +819,36 @@ class GlueSweepConfig:
         return from_dict(cls, data, prefix="sweep")
 
 
+def record_plan(sweep: GlueSweepConfig, store: Store, data_dir: str | Path | None = None) -> None:
+    """Record the sweep's claims plan (if any) before any of its cells runs (sltlab.tasks.plans)."""
+    if sweep.claims is None:
+        return
+    from sltlab.tasks.plans import record_plan as _record
+
+    name = sweep.study or "glue-" + "-".join(sweep.tasks)
+    _record(store, name, KIND, sweep.claims, design={
+        "tasks": list(sweep.tasks), "methods": list(sweep.methods), "norms": list(sweep.norms),
+        "seeds": list(sweep.seeds), "score_seeds": list(sweep.score_seeds), "lr_grid": sweep.lr_grid,
+        "affine_lr_grid": sweep.affine_lr_grid, "select_on": sweep.select_on,
+        "run_ids": [c.run_id for c in glue_cells(sweep.cells(), data_dir)]})
+
+
+def run_study(sweep: GlueSweepConfig, store: Store, options: ExecOptions, data_dir: str | Path | None = None,
+              log: Any = print) -> Any:
+    """The sweep's cells into an open store: its plan first, then straight through, or with a grid the grid
+    cells, the choice on held-out rows, and the other cells at the chosen point. Returns the final cells'
+    SweepReport."""
+    record_plan(sweep, store, data_dir)
+    cells = glue_cells(sweep.cells(), data_dir)
+    if not sweep.has_grid:
+        return run_cells(cells, store, options, log=log)
+    from sltlab.tasks.selection import run_selected
+
+    report, _ = run_selected(glue_cells(sweep.grid_cells(), data_dir), cells, sweep.grid_spec(), store, options,
+                             log)
+    return report
+
+
 def run_sweep(
     sweep: GlueSweepConfig,
     store: Store,
@@ -715,9 +859,8 @@ def run_sweep(
 ) -> dict[str, list[str]]:
     """Run every cell not yet finished. A failing cell is recorded as failed and the sweep goes on.
     Returns {'ran': [...], 'skipped': [...], 'failed': [...]} run ids."""
-    cells = glue_cells(sweep.cells(), data_dir)
     opts = options or ExecOptions(executor="serial", threads=torch.get_num_threads(), progress=progress)
-    report = run_cells(cells, store, opts, log=log)
+    report = run_study(sweep, store, opts, data_dir, log)
     for rid in report.ran:
         rec = store.get(rid)
         cfg = rec.config

@@ -43,6 +43,9 @@ def approx_target_spec(config: Mapping[str, Any]) -> Any:
         methods=(str(config.get("method", "edge-popup")),),
         seeds=(int(config["seed"]),),
         score_seeds=(int(config.get("score_seed", 0)),),
+        # a run records target_norm only when its target's norm is not its own
+        target="shared" if "target_norm" in config else "own",
+        target_variant=str(config.get("target_norm", "none")),
     )
     try:
         study = ApproxStudy(**kw)

@@ -86,6 +86,12 @@ class PeftConfig:
     grad_clip: float = 1.0
     pooling: str = "mean"
     data_seed: int = 0
+    # rows of the training split held out from every run (and Fisher run) and scored by each: what an lr grid
+    # chooses on (sltlab.tasks.peft.sweep); None = none (left out of the run id)
+    holdout: int | None = None
+    # what draws the data order, dropout and mask-score init; None = `seed`, which also draws the fresh head (the
+    # weight seed: the random part of a fine-tuned model). Left out of the run id while None.
+    score_seed: int | None = None
     fisher_samples: int = 1000
     fisher_tasks: tuple[str, ...] = DEFAULT_FISHER_TASKS
     # where and how (sltlab.runs.device); in the record only away from cpu / fp32 / not deterministic
@@ -120,7 +126,7 @@ class PeftConfig:
         for name in ("max_len", "epochs", "batch_size", "fisher_samples"):
             if getattr(self, name) < 1:
                 raise ConfigError(name, f"{getattr(self, name)} must be at least 1", "a positive integer")
-        for name in ("subsample", "dev_limit"):
+        for name in ("subsample", "dev_limit", "holdout"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(name, f"{v} must be at least 1", "a positive integer or omitted (all)")
@@ -143,10 +149,17 @@ class PeftConfig:
         from their defaults (so runs made before they existed keep their ids)."""
         out = dataclasses.asdict(self)
         out["fisher_tasks"] = list(self.fisher_tasks)
+        for k in ("holdout", "score_seed"):  # absent at None: runs made before they existed keep their ids
+            if out[k] is None:
+                del out[k]
         for k in ("device", "precision", "deterministic"):
             del out[k]
         out.update(run_id_fields(self.device, self.precision, self.deterministic))
         return out
+
+    @property
+    def order_seed(self) -> int:
+        return self.seed if self.score_seed is None else self.score_seed
 
     @property
     def label(self) -> str:
@@ -173,8 +186,11 @@ class SweepConfig:
     """A grid of PEFT runs (configs/peft_quick.toml). methods: "full", "ln-fisher@0.2", "ln-fisher@0.2/cv" ...
 
     lr_select: "all" runs every lr of the grid for every seed; "first-seed" runs the grid for the first seed
-    and only the best lr (by dev main metric) for the other seeds, which halves the cost at 2 seeds. base:
-    every other PeftConfig field (max_len, epochs, subsample, ...).
+    and only the best lr for the other seeds, which halves the cost at 2 seeds. The best lr is the one with the
+    highest main metric on `holdout` training rows that no run trains on (select_on "train-holdout", the only
+    choice: choosing on the dev scores that are reported would make them optimistic); dev is scored once per run.
+    A grid of one lr chooses nothing and needs no held-out rows. base: every other PeftConfig field (max_len,
+    epochs, subsample, ...).
     """
 
     tasks: tuple[str, ...]
@@ -183,6 +199,8 @@ class SweepConfig:
     extra_methods: tuple[str, ...] = ()
     lr_select: str = "first-seed"
     lr_grid: dict[str, Any] = dataclasses.field(default_factory=dict)
+    select_on: str = "train-holdout"
+    holdout: int = 500
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
     # every run's device settings (sltlab.runs.device); those away from cpu/fp32 override the same keys in `base`
     device: str = "cpu"
@@ -196,6 +214,14 @@ class SweepConfig:
                                                                       self.deterministic)})
         if self.lr_select not in ("all", "first-seed"):
             raise ConfigError("lr_select", f"got {self.lr_select!r}", "all | first-seed")
+        from sltlab.analysis.selection import check_select_on
+
+        check_select_on(self.select_on, "select_on")
+        check_range("holdout", self.holdout, 1)
+        if "holdout" in self.base:
+            raise ConfigError("base.holdout", "is set by the sweep's `holdout`", "holdout = N at the top level")
+        if self.chooses:
+            object.__setattr__(self, "base", {**self.base, "holdout": self.holdout})
         if not self.seeds:
             raise ConfigError("seeds", "is empty", "a list of integers")
         for m in (*self.methods, *self.extra_methods):
@@ -214,6 +240,11 @@ class SweepConfig:
                 check_range(f"lr_grid.{m}", lr, 0.0, None, lo_open=True)
         base = default_base(self.base)  # every base field checked now, not after hours of runs
         resolve_model_path(None if base["model"] in ("", "default") else base["model"])
+
+    @property
+    def chooses(self) -> bool:
+        """Whether any method has more than one lr to choose from (then runs hold out training rows)."""
+        return any(len(self.grid(parse_method(m)[0])) > 1 for m in (*self.methods, *self.extra_methods))
 
     def grid(self, method: str) -> tuple[float, ...]:
         vals = self.lr_grid.get(method, DEFAULT_LR_GRID[method])
@@ -262,7 +293,8 @@ def make_config(task: str, method_text: str, lr: float, seed: int, base: Mapping
 
 def base_settings(record: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a run config shared by all cells of a sweep (what a report filters on)."""
-    return {k: v for k, v in record.items() if k not in ("task", "method", "fraction", "mask_source", "lr", "seed")}
+    return {k: v for k, v in record.items()
+            if k not in ("task", "method", "fraction", "mask_source", "lr", "seed", "score_seed")}
 
 
 def default_base(base: Mapping[str, Any]) -> dict[str, Any]:

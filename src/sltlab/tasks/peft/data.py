@@ -204,6 +204,21 @@ class Batches:
             yield {k: to_device(v, self.device) for k, v in batch.items()}
 
 
+def split_holdout(split: GlueSplit, holdout: int | None, seed: int) -> tuple[GlueSplit, GlueSplit | None]:
+    """(the rows left for training, the `holdout` rows held out), drawn with their own stream of `seed` before
+    any subsample, so the held-out rows are the same for every method and seed and no run, Fisher run or lr
+    choice trains on them. None / 0 = nothing held out."""
+    if not holdout:
+        return split, None
+    if holdout >= len(split):
+        from sltlab.errors import ConfigError
+
+        raise ConfigError("holdout", f"{holdout} rows held out of a training split of {len(split)}",
+                          f"fewer than {len(split)} rows, e.g. {max(1, len(split) // 10)}")
+    pick = np.sort(np.random.default_rng([seed, 1]).choice(len(split), size=holdout, replace=False))
+    return split.subset(np.setdiff1d(np.arange(len(split)), pick)), split.subset(pick)
+
+
 def fixed_subsample(split: GlueSplit, limit: int | None, seed: int) -> GlueSplit:
     """A seeded subsample of `limit` rows (all rows, in file order, when limit is None or covers the
     split)."""

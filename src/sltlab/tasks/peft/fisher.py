@@ -17,7 +17,7 @@ from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run
 from sltlab.runs.store import Store
 from sltlab.tasks.glue import get_task, load_split
 from sltlab.tasks.peft.config import PeftConfig, fisher_tasks
-from sltlab.tasks.peft.data import Batches, fixed_subsample
+from sltlab.tasks.peft.data import Batches, fixed_subsample, split_holdout
 from sltlab.tasks.peft.masks import body_names
 from sltlab.tasks.peft.model import _run_id, _table_json, fresh_model, per_sample_loss, pristine
 
@@ -32,6 +32,8 @@ def fisher_config(cfg: PeftConfig, task: str) -> dict[str, Any]:
         "pooling": cfg.pooling,
         "data_seed": cfg.data_seed,
         "head_seed": 0,
+        # the rows the PEFT runs hold out for choosing their lr: the Fisher that ranks scalars never sees them
+        **({"holdout": cfg.holdout} if cfg.holdout else {}),
     }
 
 
@@ -53,7 +55,8 @@ def fisher_cell(arg: FisherArg, ctx: CellContext) -> CellOutput:
     device = resolve_device(cfg.device, "device")
     model = fresh_model(pre, info.n_outputs, 0, cfg.pooling).to(device)
     model.eval()
-    train = fixed_subsample(load_split(task, "train", data_dir=arg.data_dir), cfg.fisher_samples, cfg.data_seed + 1)
+    rest, _ = split_holdout(load_split(task, "train", data_dir=arg.data_dir), cfg.holdout, cfg.data_seed)
+    train = fixed_subsample(rest, cfg.fisher_samples, cfg.data_seed + 1)
     batches = Batches(pre, train, cfg.max_len, 1, shuffle=False, device=device)
     fisher = fisher_mod.empirical_fisher(
         model, per_sample_loss, batches, params=body_names(model), progress=ctx.progress

@@ -15,15 +15,24 @@ from sltlab.tasks.peft.fisher import fisher_cells
 from sltlab.tasks.peft.model import _run_id
 from sltlab.tasks.peft.train import PeftArg, peft_cell, peft_cells
 
+SELECT_METRIC = "holdout_main"
+
 
 def best_lr(store: Store, cfgs: list[PeftConfig]) -> PeftConfig | None:
-    """The config of the grid with the highest dev main metric (None while any grid point is unfinished)."""
+    """The config of the grid with the highest main metric on the held-out training rows (never dev); None while
+    any grid point is unfinished. A grid of one needs no choice; a tie goes to the lr listed first."""
+    if len(cfgs) == 1:
+        return cfgs[0]
     best: tuple[float, PeftConfig] | None = None
     for c in cfgs:
         rid = _run_id("peft", c.record(), c.seed)
         if not store.is_finished(rid):
             return None
-        main = float(store.get(rid).metrics["main"])
+        metrics = store.get(rid).metrics
+        if SELECT_METRIC not in metrics:
+            raise ConfigError("select_on", f"run {rid} has no held-out score to choose its lr on (made before "
+                              "held-out selection, or without holdout rows)", "rerun the sweep in a new store")
+        main = float(metrics[SELECT_METRIC])
         if best is None or main > best[0]:
             best = (main, c)
     return best[1] if best else None

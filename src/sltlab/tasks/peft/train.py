@@ -22,7 +22,7 @@ from sltlab.tasks.glue import get_task, load_split
 from sltlab.tasks.metrics import main_metric
 from sltlab.tasks.peft.artifacts import save_run_artifact
 from sltlab.tasks.peft.config import DEFAULT_MASK_DENSITY, MASK_METHODS, PeftConfig
-from sltlab.tasks.peft.data import Batches, fixed_subsample
+from sltlab.tasks.peft.data import Batches, fixed_subsample, split_holdout
 from sltlab.tasks.peft.fisher import mask_scores
 from sltlab.tasks.peft.masks import (
     GradientMasks,
@@ -53,13 +53,14 @@ def peft_cell(arg: PeftArg, ctx: CellContext) -> CellOutput:
     t0 = time.perf_counter()
     info = get_task(cfg.task)
     pre = pristine(cfg.model)
-    train = fixed_subsample(load_split(cfg.task, "train", data_dir=data_dir), cfg.subsample, cfg.data_seed)
+    rest, held = split_holdout(load_split(cfg.task, "train", data_dir=data_dir), cfg.holdout, cfg.data_seed)
+    train = fixed_subsample(rest, cfg.subsample, cfg.data_seed)
     dev = fixed_subsample(load_split(cfg.task, info.dev_splits[0], data_dir=data_dir), cfg.dev_limit, cfg.data_seed)
     device = resolve_device(cfg.device, "device")
     model = fresh_model(pre, info.n_outputs, cfg.seed, cfg.pooling)
     coverage = attach_masks(model) if cfg.method in MASK_METHODS else None
     model = model.to(device)
-    masks = trainable_masks(model, cfg.method, fraction=cfg.fraction, scores=scores, seed=cfg.seed)
+    masks = trainable_masks(model, cfg.method, fraction=cfg.fraction, scores=scores, seed=cfg.order_seed)
     before = (
         {n: p.detach().clone() for n, p in model.named_parameters() if n in body_names(model)}
         if cfg.method == "full"
@@ -69,13 +70,17 @@ def peft_cell(arg: PeftArg, ctx: CellContext) -> CellOutput:
         history = train_masked(
             model,
             masks,
-            Batches(pre, train, cfg.max_len, cfg.batch_size, shuffle=True, seed=cfg.seed, device=device),
+            Batches(pre, train, cfg.max_len, cfg.batch_size, shuffle=True, seed=cfg.order_seed, device=device),
             cfg,
             progress=progress,
             desc=f"{cfg.task} {cfg.label} lr={cfg.lr:g} s{cfg.seed}",
         )
     t_train = time.perf_counter() - t0
     scores_dev = evaluate(model, Batches(pre, dev, cfg.max_len, 64, shuffle=False, device=device))
+    if held is not None:  # what an lr grid chooses on; dev is reported, never chosen on
+        scores_held = evaluate(model, Batches(pre, held, cfg.max_len, 64, shuffle=False, device=device))
+        scores_dev = {**scores_dev, **{f"holdout_{k}": v for k, v in scores_held.items()},
+                      "holdout_main": scores_held[main_metric(cfg.task)]}
     scored = set(score_names(model))  # mask scores are not parameters of the model a run yields
     body = [n for n in body_names(model) if n not in scored]
     n_body = sum(p.numel() for n, p in model.named_parameters() if n in body)
@@ -96,6 +101,7 @@ def peft_cell(arg: PeftArg, ctx: CellContext) -> CellOutput:
         **history.movement(),
         "train_n": len(train),
         "dev_n": len(dev),
+        "holdout_n": len(held) if held is not None else 0,
         "wall_s": time.perf_counter() - t0,
     }
     if coverage is not None:
@@ -148,7 +154,7 @@ def train_masked(
     """
     from sltlab.tickets.search import SearchConfig, run_search
 
-    torch.manual_seed(cfg.seed)  # dropout
+    torch.manual_seed(cfg.order_seed)  # dropout
     steps = len(batches) * cfg.epochs
     gm = GradientMasks(model, masks)
     masked = cfg.method in MASK_METHODS and bool(supermasks(model))

@@ -40,6 +40,7 @@ def run_width(cfg: TheoryConfig, runner: Runner, out: Path) -> dict[str, Any]:
                     heads=(e.heads,),
                     widths=(w,),
                     variants=(variant,),
+                    target="own",  # the construction copies the target's norm: same norm in target and source
                     methods=(method,),
                     seeds=(s,),
                     source_init=init,
