@@ -353,3 +353,51 @@ def test_table_labels_settings_by_what_differs():
     assert rows[0]["mean"] == pytest.approx(0.71) and rows[1]["mean"] == pytest.approx(0.76)
     md = to_markdown(rows)
     assert "| sst2 | accuracy | ln-integrated | affine_lr=0.01 |" in md and "| default |" in md
+
+
+def test_score_seed_and_held_out_selection(glue_dir: Path, tmp_path: Path) -> None:
+    """Weight seed and score seed apart; held-out training rows that nothing trains on; the lr of each norm
+    chosen on them (never on dev), every other cell run at the chosen lr only; the plan recorded first."""
+    from sltlab.report.sections_claims import _selected
+    from sltlab.runs.executor import ExecOptions
+    from sltlab.tasks.glue_run import run_study
+    from sltlab.tasks.plans import study_plans
+
+    base = {**TINY, "steps": 6, "holdout": 60}
+    legacy = GlueRunConfig(task="sst2", method="edge-popup", norm="none", seed=0, **TINY)
+    same = GlueRunConfig(task="sst2", method="edge-popup", norm="none", seed=0, score_seed=None, **TINY)
+    assert legacy.to_dict() == same.to_dict() and "score_seed" not in legacy.to_dict()  # run ids unchanged
+    data = prepare_data(GlueRunConfig(task="sst2", **base), glue_dir)
+    assert len(data.train) == 340 and data.holdout is not None and len(data.holdout) == 60
+    sweep = GlueSweepConfig.from_dict({
+        "study": "tiny-sst2", "tasks": ["sst2"], "methods": ["edge-popup"], "norms": ["none", "post-ln"],
+        "seeds": [0, 1], "score_seeds": [0, 1], "lr_grid": {"none": [0.05, 0.3], "post-ln": [0.01, 0.03]},
+        "run": base, "claims": {"claim": [{"name": "acc", "measure": "dev_main", "margin": 0.05}]},
+    })
+    assert len(sweep.cells()) == 16 and len(sweep.grid_cells()) == 4
+    with Store(tmp_path / "s.db") as store:
+        report = run_study(sweep, store, ExecOptions(executor="serial"), glue_dir, log=lambda _m: None)
+        assert report.ok and len(report.run_ids) == 8  # 2 norms x 2 weight seeds x 2 score seeds at the chosen lr
+        recs = store.runs("glue")
+        assert len(recs) == 4 + 8 - 2  # the grid's chosen points are final cells too: not run twice
+        assert "tiny-sst2" in study_plans(store)
+    for r in recs:
+        assert 0.0 <= r.metrics["holdout_main"] <= 1.0 and r.metrics["holdout_n"] == 60
+        assert r.config["lr"] in (0.05, 0.3, 0.01, 0.03)
+    kept, audit = _selected("glue", recs)
+    assert {r.run_id for r in kept} == set(report.run_ids)
+    for a in audit:  # the choice follows the held-out score
+        means = {k: v for k, v in a["candidates"].items()}
+        assert a["chosen"] == max(means, key=means.get) and a["metric"] == "holdout_main"
+    # score seeds differ in masks and batch order, not in weights: the ticket masks differ, the random source not
+    by = {(r.config["norm"], r.config["seed"], r.config.get("score_seed")): r for r in kept}
+    from sltlab.analysis.masks import jaccard, load_ticket_masks
+
+    a, b = by[("none", 0, 0)], by[("none", 0, 1)]
+    ma = load_ticket_masks(tmp_path / "artifacts" / a.run_id / "ticket.safetensors")[0]
+    mb = load_ticket_masks(tmp_path / "artifacts" / b.run_id / "ticket.safetensors")[0]
+    assert a.config["lr"] == b.config["lr"] and 0.0 < jaccard(ma, mb) < 1.0
+    wa, wb = (load_checkpoint(tmp_path / "artifacts" / r.run_id / "ticket.safetensors")[0].state_dict()
+              for r in (a, b))
+    weights = [k for k in wa if k.endswith(".original")]
+    assert weights and all(torch.equal(wa[k], wb[k]) for k in weights)  # the same random network

@@ -235,7 +235,7 @@ def _write_rte(root: Path, n_train: int = 24, n_dev: int = 12) -> Path:
 
 def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
     model_dir = _write_tiny_model_dir(tmp_path / "tiny-bert")
-    data = _write_rte(tmp_path / "data")
+    data = _write_rte(tmp_path / "data", n_train=32)
     store = Store(tmp_path / "s.db")
     base = {
         "model": str(model_dir),
@@ -250,6 +250,7 @@ def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
         methods=("ln", "ln-fisher@0.5"),
         seeds=(0, 1),
         lr_grid={"ln": [1e-3, 1e-2], "ln-fisher": [1e-2]},
+        holdout=8,
         base=base,
     )
     ids = peft.run_sweep(sweep, store, data_dir=str(data), progress=False, log=lambda s: None)
@@ -262,13 +263,15 @@ def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
         assert m["main_metric"] == "accuracy" and 0.0 <= m["main"] <= 1.0
         expected = N_LN + N_HEAD if r.config["method"] == "ln" else round(0.5 * N_LN) + N_HEAD
         assert m["trainable"] == expected and m["trainable_body"] == expected - N_HEAD
-        assert m["dev_n"] == 12 and m["train_n"] == 24
+        # 8 of the 32 training rows held out: scored by every run, trained on by none, what the lr is chosen on
+        assert m["dev_n"] == 12 and m["train_n"] == 24 and m["holdout_n"] == 8
+        assert 0.0 <= m["holdout_main"] <= 1.0 and r.config["holdout"] == 8
     assert len(store.runs("peft-fisher")) == 1
     # a second sweep finds every run finished and recomputes nothing
     again = peft.run_sweep(sweep, store, data_dir=str(data), progress=False, log=lambda s: None)
     assert again == ids
     # full fine-tuning records the per-component change D
-    cfg = peft.make_config("rte", "full", 1e-3, 0, base)
+    cfg = peft.make_config("rte", "full", 1e-3, 0, {**base, "holdout": 8})
     rid = peft.run_peft(cfg, store, data_dir=str(data), progress=False)
     change = peft.table_from_json(store.get(rid).metrics["change_by_component"])
     assert (0, "output.LayerNorm") in change and all(v >= 0 for v in change.values())
@@ -279,13 +282,17 @@ def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
         methods=("full", "ln", "ln-fisher@0.5"),
         seeds=(0, 1),
         lr_grid={**sweep.lr_grid, "full": [1e-3]},  # the report keeps to its sweep's grid
+        holdout=8,
         base=base,
     )
     from sltlab.report.peft import write_report
 
     out = write_report(report_sweep, store, tmp_path / "docs" / "peft.md", command="sltlab peft ...")
     text = out.read_text()
-    assert "| ln | " in text and "(n=2)" in text and "| ln > random |" in text and "not run" in text
+    assert "| ln | " in text and "(n=2)" in text and "Holm" in text
+    # every method predicts one class on this tiny task: no claim is tested on a trivial agreement
+    assert "Left out (both methods at the best constant prediction): full >= ln on rte" in text
+    assert "Mann-Whitney" not in text and "chosen on held-out training rows" in text
     assert "output.LayerNorm" in text and "(chosen)" in text
     assert (tmp_path / "docs" / "peft_change.png").is_file() and (
         tmp_path / "docs" / "peft_fisher.png"
@@ -355,17 +362,20 @@ def test_report_chooses_the_lr_as_the_sweep_did(tmp_path: Path) -> None:
     sweep = peft.SweepConfig(tasks=("rte",), methods=("ln",), seeds=(0, 1), lr_grid={"ln": [1e-2, 1e-3]}, base=base)
     store = Store(tmp_path / "s.db")
 
-    def put(lr: float, seed: int, main: float) -> None:
-        cfg = peft.make_config("rte", "ln", lr, seed, base)
-        store.finish(store.start("peft", cfg.record(), seed), {"main": main})
+    held = {**base, "holdout": sweep.holdout}
 
-    # recorded in the other order than the grid lists them, and tied on the first seed (a task where every lr
-    # predicts one class): the sweep takes the lr listed first, and so must the report
-    put(1e-3, 0, 0.5)
-    put(1e-2, 0, 0.5)
-    put(1e-2, 1, 0.6)
-    put(3e-4, 0, 0.9)  # outside this sweep's grid (an earlier grid, a side check): not this report's run
-    chosen = best_lr(store, [peft.make_config("rte", "ln", lr, 0, base) for lr in sweep.grid("ln")])
+    def put(lr: float, seed: int, main: float, hold: float) -> None:
+        cfg = peft.make_config("rte", "ln", lr, seed, held)
+        store.finish(store.start("peft", cfg.record(), seed), {"main": main, "holdout_main": hold})
+
+    # recorded in the other order than the grid lists them, and tied on the first seed's held-out score (a task
+    # where every lr predicts one class): the sweep takes the lr listed first, and so must the report. The dev
+    # score (main) of 1e-3 is higher: it must not decide.
+    put(1e-3, 0, 0.9, 0.5)
+    put(1e-2, 0, 0.5, 0.5)
+    put(1e-2, 1, 0.6, 0.7)
+    put(3e-4, 0, 0.9, 0.9)  # outside this sweep's grid (an earlier grid, a side check): not this report's run
+    chosen = best_lr(store, [peft.make_config("rte", "ln", lr, 0, held) for lr in sweep.grid("ln")])
     assert chosen is not None and chosen.lr == 1e-2
     cell = collect_cells(sweep, store)[("rte", "ln")]
     assert cell.lr == 1e-2 and cell.scores == {0: 50.0, 1: 60.0}
