@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from sltlab.analysis.claims import ClaimsPlan, ClaimSet, ClaimSpec, make_claim, shared_units, sizing
+from sltlab.analysis.claims import ClaimSet, ClaimSpec, ClaimsPlan, make_claim, shared_units, sizing
 from sltlab.analysis.fits import fit_laws_by_seed, predict
 from sltlab.analysis.selection import check_select_on, select
 from sltlab.errors import ConfigError
