@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick peft-medium peft-masks-medium theory-quick
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -83,6 +83,21 @@ peft-masks-medium: install  # issue 13's five-task study: 132 runs + 5 Fisher ru
 	$(BIN)/sltlab peft configs/peft_masks_medium.toml --store runs/peft_masks_medium.db
 	$(BIN)/sltlab peft configs/peft_masks_medium.toml --store runs/peft_masks_medium.db --no-run \
 		--report docs/results/peft_masks_medium.md
+
+# Issue 20's answer: the like-for-like quality studies, SST-2 with lr per norm, the pre-registered hypothesis study,
+# all in one store, and the report whose first screen is the claims table (about 5 h on 2 shared cores).
+answer: install
+	$(BIN)/sltlab approx configs/approx_quality_mha.toml
+	$(BIN)/sltlab approx configs/approx_quality_stack.toml
+	$(BIN)/sltlab glue configs/glue_sst2_norms.toml --store runs/answer.db
+	$(BIN)/sltlab approx configs/hypothesis.toml
+	$(BIN)/sltlab report --store runs/answer.db --out runs/answer_report
+
+# The pilot whose sds size configs/hypothesis.toml (its own seeds and store; ~40 min on 2 shared cores).
+hypothesis-pilot: install
+	$(BIN)/sltlab approx configs/hypothesis.toml --seeds 100,101,102,103 --set name='"hypothesis-pilot"' \
+		--store runs/pilot.db --out runs/pilot
+	$(BIN)/sltlab report --store runs/pilot.db --out runs/pilot_report
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -1,4 +1,4 @@
-"""Sweep throughput by executor: the same study (default configs/approx_quick.toml, 192 cells) run serially, on a
+"""Sweep throughput by executor: the same study (default configs/approx_sweep_bench.toml, 192 cells) run serially, on a
 local process pool of 1 and N workers, and on a private local Ray with N CPUs, each into a fresh store.
 
 Reports wall time, cells per second and scaling efficiency (cells/s with N workers / (N x cells/s with one local
@@ -6,7 +6,7 @@ worker)), and checks that every executor produced the same run ids and bit-ident
 Markdown table.
 
     python benchmarks/bench_sweep.py                                  # ~15 min on 2 idle cores
-    python benchmarks/bench_sweep.py --config configs/approx_quick.toml --workers 2 --out runs/bench_sweep
+    python benchmarks/bench_sweep.py --config configs/approx_sweep_bench.toml --workers 2 --out runs/bench_sweep
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def results(store: Path) -> dict[str, str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(ROOT / "configs" / "approx_quick.toml"))
+    ap.add_argument("--config", default=str(ROOT / "configs" / "approx_sweep_bench.toml"))
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_sweep"))
     ap.add_argument("--skip", default="", help="comma list of runs to skip: serial, local1, localN, ray")
