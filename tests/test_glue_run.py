@@ -358,7 +358,7 @@ def test_table_labels_settings_by_what_differs():
 def test_score_seed_and_held_out_selection(glue_dir: Path, tmp_path: Path) -> None:
     """Weight seed and score seed apart; held-out training rows that nothing trains on; the lr of each norm
     chosen on them (never on dev), every other cell run at the chosen lr only; the plan recorded first."""
-    from sltlab.report.sections_claims import _selected
+    from sltlab.report.sections_claims import selected_runs
     from sltlab.runs.executor import ExecOptions
     from sltlab.tasks.glue_run import run_study
     from sltlab.tasks.plans import study_plans
@@ -384,7 +384,7 @@ def test_score_seed_and_held_out_selection(glue_dir: Path, tmp_path: Path) -> No
     for r in recs:
         assert 0.0 <= r.metrics["holdout_main"] <= 1.0 and r.metrics["holdout_n"] == 60
         assert r.config["lr"] in (0.05, 0.3, 0.01, 0.03)
-    kept, audit = _selected("glue", recs)
+    kept, audit = selected_runs("glue", recs)
     assert {r.run_id for r in kept} == set(report.run_ids)
     for a in audit:  # the choice follows the held-out score
         means = {k: v for k, v in a["candidates"].items()}

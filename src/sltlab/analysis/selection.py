@@ -131,8 +131,9 @@ def select(records: Iterable[Any], grid_keys: Sequence[str], metric: str, lower_
     """Keep, per problem, the runs of the chosen grid point (see the module docstring).
 
     records: objects with `.config` and `.metrics` (RunRecord). A problem with a single candidate keeps its runs
-    whatever their metrics (nothing was chosen). A problem with several candidates but no held-out metric on the
-    shared seeds (runs made before the metric existed) keeps nothing and says why in its Choice.
+    whatever their metrics (nothing was chosen). A problem whose runs have no held-out metric at all (made before
+    it existed, or by hand) keeps every candidate: nothing was chosen, so nothing is hidden. A problem with
+    held-out metrics but no seed shared by every candidate keeps nothing and says why in its Choice.
     order: {grid key: values in the config's order} for tie-breaking."""
     by_problem: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -159,6 +160,12 @@ def select(records: Iterable[Any], grid_keys: Sequence[str], metric: str, lower_
                 if isinstance(v, int | float):
                     vals[tuple(r.config.get(k) for k in SEED_KEYS)] = float(v)
             scores[cand] = vals
+        if not any(scores.values()):
+            # runs made before held-out scores existed (or by hand): nothing was chosen, so nothing is hidden
+            out.kept.extend(r for recs in cands.values() for r in recs)
+            out.choices.append(Choice(problem, {c: math.nan for c in cands}, 0, None, metric,
+                                      "no held-out scores: every candidate kept"))
+            continue
         chosen, means, n, reason = choose(scores, lower_is_better, cand_order)
         out.choices.append(Choice(problem, means, n, chosen, metric, reason))
         if chosen is not None:

@@ -18,14 +18,16 @@ from sltlab.runs.store import RunRecord, Store, atomic_write_text
 
 METHOD_ORDER = ("dense", "edge-popup", "ln-integrated", "annealed", "imp")
 TASK_ORDER = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
-CELL_KEYS = ("task", "method", "norm", "seed")
+CELL_KEYS = ("task", "method", "norm", "seed", "score_seed")
+# left out of a row's setting: the method's lr (a grid's runs are reduced to the chosen point first)
+GRID_KEYS = ("lr",)
 
 
 def _setting(config: dict[str, Any]) -> str:
     """A short hash of everything but the cell's coordinates and the method-specific lr: runs that differ in
     it
     (e.g. a quick and a full sweep in one store) are never averaged together."""
-    rest = {k: v for k, v in config.items() if k not in (*CELL_KEYS, "lr")}
+    rest = {k: v for k, v in config.items() if k not in (*CELL_KEYS, *GRID_KEYS)}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()[:6]
 
 
@@ -34,7 +36,7 @@ def _setting_labels(records: list[RunRecord]) -> dict[tuple[str, str], str]:
     "affine_lr=0.01"; "default" for the one that only lacks them. A hash alone tells a reader nothing."""
     by_task: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in records:
-        rest = {k: v for k, v in r.config.items() if k not in (*CELL_KEYS, "lr")}
+        rest = {k: v for k, v in r.config.items() if k not in (*CELL_KEYS, *GRID_KEYS)}
         by_task[r.config["task"]][_setting(r.config)] = rest
     labels: dict[tuple[str, str], str] = {}
     for task, settings in by_task.items():
@@ -52,7 +54,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per (task, method, norm, setting): mean and std of `main` (and of density, wall time) over
-    seeds."""
+    weight seeds, each weight seed's score seeds averaged first (they are not extra samples); with an lr grid,
+    only the runs of the point chosen on held-out training rows."""
     groups: dict[tuple, list[RunRecord]] = defaultdict(list)
     for r in records:
         c = r.config
@@ -60,8 +63,11 @@ def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
     labels = _setting_labels(records)
     rows = []
     for (task, method, norm, setting), recs in groups.items():
-        recs = sorted(recs, key=lambda r: r.config["seed"])
-        main = [float(r.metrics["main"]) for r in recs]
+        recs = sorted(recs, key=lambda r: (r.config["seed"], r.config.get("score_seed") or 0))
+        by_seed: dict[int, list[float]] = defaultdict(list)
+        for r in recs:
+            by_seed[int(r.config["seed"])].append(float(r.metrics["main"]))
+        main = [statistics.fmean(v) for _, v in sorted(by_seed.items())]
         mean, std = _mean_std(main)
         dens = [float(r.metrics["density"]) for r in recs if "density" in r.metrics]
         wall = [float(r.timings.get("total_s", 0.0)) for r in recs]
@@ -76,8 +82,10 @@ def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
                 "metric": recs[0].metrics.get("main_metric", "main"),
                 "mean": mean,
                 "std": std,
-                "n": len(recs),
-                "seeds": " ".join(str(r.config["seed"]) for r in recs),
+                "n": len(main),
+                "runs": len(recs),
+                "lr": " ".join(sorted({f"{r.config.get('lr')}" for r in recs})),
+                "seeds": " ".join(str(s) for s in sorted(by_seed)),
                 "values": " ".join(f"{v:.4f}" for v in main),
                 "density": statistics.fmean(dens) if dens else 1.0,
                 "params_total": recs[0].metrics.get("params_total"),
@@ -152,6 +160,9 @@ def handler(args: argparse.Namespace) -> int:
             f"no finished glue runs in {args.store}; run `sltlab glue configs/glue_quick.toml` first"
         )
         return 1
+    from sltlab.report.sections_claims import selected_runs
+
+    records = selected_runs("glue", records)[0]
     rows = summarise(records)
     md = to_markdown(rows)
     print(md, end="")
@@ -168,7 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "glue-table",
         help="the GLUE task x method x norm table (mean ± std over seeds), Markdown + CSV",
         description="Summarise the finished `sltlab glue` runs of a store: each task's main official metric,\n"
-        "mean ± std over seeds (n seeds in brackets), in GLUE points (x100), per method and norm. Runs with\n"
+        "mean ± std over weight seeds (n in brackets; score seeds averaged within each), in GLUE points (x100),\n"
+        "per method and norm, at the lr chosen on held-out training rows where a sweep had a grid. Runs with\n"
         "different settings (a quick and a full sweep, or --set affine_lr=0.01) are never averaged together:\n"
         "they get their own rows, labelled by the fields that differ.",
         epilog="examples:\n  sltlab glue-table\n"

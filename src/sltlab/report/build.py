@@ -38,12 +38,12 @@ def _sections(ctx: ReportContext, runs: dict[str, list[RunRecord]], stores: list
     """Every section in reading order; the claims each adds are corrected together before the first screen is
     written. Runs of a grid are reduced to the chosen grid point first (as the sweep chose, on held-out data), so
     no table mixes learning rates."""
-    from sltlab.report.sections_claims import _selected
+    from sltlab.report.sections_claims import selected_runs
 
     shown = dict(runs)
     for kind in KINDS:
         if shown.get(kind):
-            shown[kind] = _selected(kind, shown[kind])[0]
+            shown[kind] = selected_runs(kind, shown[kind])[0]
     approx = shown.get("approx", [])
     t0 = time.perf_counter()
     plans = collect_plan_claims(ctx, runs, stores)  # selects itself, and lists every choice

@@ -59,7 +59,7 @@ def _target_of(rec: RunRecord) -> str:
     return own.name
 
 
-def _selected(kind: str, recs: Sequence[RunRecord]) -> tuple[list[RunRecord], list[dict[str, Any]]]:
+def selected_runs(kind: str, recs: Sequence[RunRecord]) -> tuple[list[RunRecord], list[dict[str, Any]]]:
     from sltlab.analysis.selection import select
 
     info = KINDS[kind]
@@ -81,7 +81,7 @@ def plan_claims(ctx: ReportContext, plan: Any, records: Sequence[RunRecord], s: 
     if not recs:
         ctx.missing.append(f"runs of study {plan.study!r} (its plan is in the store)")
         return []
-    recs, audit = _selected(kind, recs)
+    recs, audit = selected_runs(kind, recs)
     groups: dict[tuple, dict[str, dict[Any, dict[int, list[RunRecord]]]]] = defaultdict(
         lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for r in recs:

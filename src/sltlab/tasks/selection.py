@@ -60,7 +60,7 @@ def run_selected(grid_cells: Sequence[Cell], all_cells: Sequence[Cell], grid: Gr
     first = run_cells(grid_cells, store, options, log=log)
     selection = grid.select(_records(store, grid_cells))
     for ch in selection.choices:
-        if ch.chosen is None and ch.reason != "single candidate":
+        if ch.chosen is None and ch.reason not in ("single candidate", "no held-out scores: every candidate kept"):
             log(f"selection: no choice for {_short(ch.problem)}: {ch.reason}")
     rest = final_cells(all_cells, grid, selection)
     second = run_cells(rest, store, options, log=log)
