@@ -54,9 +54,9 @@ def test_t_interval_covers_95_percent_at_the_report_sizes(n: int) -> None:
 
 
 def test_which_intervals_fall_short() -> None:
-    """The percentile bootstrap the report used to label 95% covers ~76% at n = 3; BCa under-covers at n = 4
-    (~0.76) and reaches 0.93 only from n ~ 12; the t interval under skewed (lognormal) data covers ~0.92 at the
-    report's sizes. docs/RESULTS.md ('Intervals') lists these figures."""
+    """The percentile bootstrap the report used to label 95% covers ~75% at n = 3; BCa under-covers too (~0.81 at
+    n = 4); the t interval under skewed (lognormal) data covers ~0.92 at the report's sizes. The full table:
+    docs/benchmarks/interval_coverage.md (benchmarks/interval_coverage.py)."""
     assert simulate_coverage("percentile", 3, reps=300, seed=1) < 0.85
     assert simulate_coverage("bca", 4, reps=150, seed=2, n_resamples=499) < 0.88
     skewed = simulate_coverage("t", 4, reps=4000, seed=3, dist="lognormal")

@@ -9,8 +9,9 @@ What a report may claim rests on four rules (docs/DESIGN.md §4), and this modul
   and the standardised effect d_z = mean / sd of the differences with its exact interval (noncentral t).
 - **Intervals are t intervals**, exact for normal data at any n; `mean_ci` is the one the report uses for a mean.
   The percentile bootstrap this module used to offer covers about 75% at n = 3 and 84% at n = 6 while labelled 95%;
-  it is gone. `bca_ci` (scipy's BCa bootstrap) is kept for statistics other than a mean, and is honest only from
-  about n = 10 up (tests/test_stats_coverage.py simulates the coverage of both at the sizes the reports use).
+  it is gone. `bca_ci` (scipy's BCa bootstrap) is kept for statistics other than a mean, but it under-covers too
+  at these sizes (0.72 at n = 3, 0.91 at n = 20; docs/benchmarks/interval_coverage.md); tests/test_stats.py
+  simulates the coverage of the t interval at the sizes the reports use.
 - **"The same" only from TOST** (`tost_paired`, statsmodels) within a margin declared before the run.
 - **Multiplicity and power**: `holm` (statsmodels) across every claim of a report; `mde` the smallest effect a paired
   t test of n units detects with the given power at the given alpha; `n_for_effect` / `n_for_equivalence` size a
@@ -80,8 +81,8 @@ def mean_ci(values: Sequence[float] | np.ndarray, level: float = 0.95) -> Interv
 
 def bca_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean,
            level: float = 0.95, n_resamples: int = 4999, seed: int = 0) -> Interval:
-    """BCa bootstrap interval (scipy.stats.bootstrap) of `stat`; seeded. Under-covers at small n (about 0.80 at
-    n = 4 for a normal mean): use it from n ~ 10 on, and `mean_ci` for means."""
+    """BCa bootstrap interval (scipy.stats.bootstrap) of `stat`; seeded. Under-covers at small n (about 0.81 at
+    n = 4 and 0.91 at n = 20 for a normal mean): use `mean_ci` for means."""
     a = _clean(values)
     if a.size == 0:
         return Interval(NAN, NAN, NAN, level, 0, "bca")
