@@ -222,7 +222,7 @@ def section_lm(args: argparse.Namespace, device: Any, tmp: Path) -> dict[str, An
     _peak_reset(device)
     _, m, t = run_cell(study.cells()[0])
     return {"data": source, "model": f"{study.n_layers}x d={study.d_model}, seq {study.seq_len}, "
-            f"batch {study.batch_size}", "steps": study.steps, "tokens_per_s": m["tokens_per_s"],
+            f"batch {study.batch_size}", "steps": study.steps, "tokens_per_s": t["tokens_per_s"],
             "val_bpb": m["val_bpb"], "train_s": t["train_s"], "peak_mem_mb": _peak_mb(device)}
 
 

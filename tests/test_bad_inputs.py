@@ -8,6 +8,11 @@ trap, so an input that slips past validation fails its case at once instead of s
 row; a config file is one entry in `configs()`.
 
 The count of cases tried and passed is printed at the end of the test run (tests/conftest.py).
+
+Round three (issue 23) adds the rows after `# === round three`: stores that are not stores, store rows that are
+input, crafted artifacts, checks at the door (devices, data files, ranges, empty lists), endpoints that do not answer,
+outputs that are not regular files, and type confusions in configs. `{silent}` is a TCP port that accepts and never
+answers, `{junk}` one that answers with something other than Ray or HTTP, `{closed}` one nothing listens on.
 """
 
 from __future__ import annotations
@@ -172,6 +177,109 @@ def configs() -> dict[str, str | bytes]:
         "peft_lr_nan.toml": '[sweep]\ntasks = ["mrpc"]\nmethods = ["ln"]\n[sweep.lr_grid]\nln = [nan]\n',
         "peft_base_task.toml": '[sweep]\ntasks = ["mrpc"]\nmethods = ["ln"]\n[sweep.base]\ntask = "rte"\n',
         "peft_fraction.toml": '[sweep]\ntasks = ["mrpc"]\nmethods = ["ln-fisher@2.5"]\n',
+    }
+
+
+def configs_round_three() -> dict[str, str | bytes]:
+    stsb = glue(tasks='["stsb"]')
+    peft = '[sweep]\ntasks = ["mrpc"]\nmethods = ["ln"]\n'
+    return {
+        # numeric ranges and sizes (one schema: sltlab.runs.config.FIELD_RULES)
+        "approx_target_width_zero.toml": approx(target_width="0"),
+        "approx_d_model_huge.toml": approx(d_model="1048576"),
+        "approx_widths_huge.toml": approx(widths="[1048576]"),
+        "approx_budget.toml": approx(d_model="8192", heads="[1]", widths="[65536]"),
+        "approx_heads_huge.toml": approx(heads="[5000]"),
+        "approx_blocks_zero.toml": approx(module='"stack"', n_blocks="0"),
+        "approx_blocks_huge.toml": approx(module='"stack"', n_blocks="100000"),
+        "approx_coats_huge.toml": approx(methods='["multicoated"]', coats="300"),
+        "approx_folds_zero.toml": approx(folds="[0]"),
+        "approx_threads_zero.toml": approx(threads="0"),
+        "approx_batch_huge.toml": approx(batch_size="2097152"),
+        "approx_n_train_zero.toml": approx(n_train="0"),
+        "approx_seed_negative.toml": approx(seeds="[-1]"),
+        "approx_score_seed_negative.toml": approx(score_seeds="[-1]"),
+        "approx_seed_huge.toml": approx(seeds="[1180591620717411303424]"),
+        "approx_device_cuda.toml": approx(device='"cuda"'),
+        # empty lists
+        "approx_heads_empty.toml": approx(heads="[]"),
+        "approx_variants_empty.toml": approx(variants="[]"),
+        "approx_methods_empty.toml": approx(methods="[]"),
+        "approx_score_seeds_empty.toml": approx(score_seeds="[]"),
+        # type confusions
+        "approx_heads_int.toml": approx(heads="2"),
+        "approx_keep_bool.toml": approx(keep="true"),
+        "approx_device_int.toml": approx(device="5"),
+        "approx_seeds_bool.toml": approx(seeds="[true]"),
+        "approx_seeds_string.toml": approx(seeds='"0"'),
+        "approx_name_empty.toml": approx(name='""'),
+        "approx_store_empty.toml": approx(store='""'),
+        # lm
+        "lm_d_model_huge.toml": lm(d_model="1048576"),
+        "lm_layers_zero.toml": lm(n_layers="0"),
+        "lm_steps_huge.toml": lm(steps="4294967296"),
+        "lm_eval_batch_zero.toml": lm(eval_batch="0"),
+        "lm_batch_zero.toml": lm(batch_size="0"),
+        "lm_fold_zero.toml": lm(fold="0"),
+        "lm_dense_d_model_zero.toml": lm(dense_d_model="0"),
+        "lm_budget.toml": lm(d_model="65536", n_heads="2", n_layers="1"),
+        "lm_seed_negative.toml": lm(seeds="[-1]"),
+        "lm_methods_empty.toml": lm(methods="[]"),
+        "lm_methods_string.toml": lm(methods='"dense"'),
+        "lm_seeds_int.toml": lm(seeds="0"),
+        "lm_steps_float.toml": lm(steps="5.0"),
+        "lm_d_ff_string.toml": lm(d_ff='"big"'),
+        "lm_device_cuda.toml": lm(device='"cuda"'),
+        "lm_dataset_empty.toml": lm(dataset='""'),
+        # glue
+        "glue_sweep_int.toml": "sweep = 5\n",
+        "glue_sweep_string.toml": 'sweep = "abc"\n',
+        "glue_run_int.toml": _toml({}, {"sweep": {**GLUE, "run": "3"}}),
+        "glue_method_int.toml": _toml({}, {"sweep": {**GLUE, "method": "3"}}),
+        "glue_task_int.toml": _toml({}, {"sweep": {**GLUE, "task": "3"}}),
+        "glue_method_dense_int.toml": glue() + "[sweep.method]\ndense = 3\n",
+        "glue_seeds_string.toml": glue(seeds='"0"'),
+        "glue_tasks_empty.toml": glue(tasks="[]"),
+        "glue_methods_empty.toml": glue(methods="[]"),
+        "glue_norms_empty.toml": glue(norms="[]"),
+        "glue_seeds_empty.toml": glue(seeds="[]"),
+        "glue_seed_negative.toml": glue(seeds="[-1]"),
+        "glue_data_seed_negative.toml": glue(run={"data_seed": "-1"}),
+        "glue_d_model_huge.toml": glue(run={"d_model": "1048576"}),
+        "glue_max_len_zero.toml": glue(run={"max_len": "0"}),
+        "glue_vocab_huge.toml": glue(run={"vocab_size": "1073741824"}),
+        "glue_layers_huge.toml": glue(run={"n_layers": "5000"}),
+        "glue_budget.toml": glue(run={"d_model": "65536", "n_heads": "2", "n_layers": "1"}),
+        "glue_steps_float.toml": glue(run={"steps": "2.0"}),
+        "glue_device_cuda.toml": glue(run={"device": '"cuda"'}),
+        "glue_tokenizer_hub.toml": glue(run={"tokenizer": '"no-such-org/no-such-tokenizer"'}),
+        "glue_stsb.toml": stsb,
+        # theory
+        "theory_width_int.toml": "width = 3\n",
+        "theory_construct_int.toml": "construct = 3\n",
+        "theory_seeds_string.toml": '[width]\nseeds = "0"\n',
+        "theory_widths_huge.toml": "[width]\nwidths = [1048576]\n",
+        "theory_d_model_huge.toml": "[width]\nd_model = 1048576\n",
+        "theory_budget.toml": "[width]\nd_model = 8192\nheads = 1\nwidths = [65536]\nsearch_widths = [32]\n",
+        "theory_per_coordinate_huge.toml": "[threshold]\nper_coordinate = [100000]\n",
+        "theory_blocks_huge.toml": "[angular]\nblocks = [5000]\n",
+        "theory_seed_negative.toml": "[width]\nseeds = [-1]\n",
+        "theory_device_cuda.toml": 'device = "cuda"\n',
+        # peft
+        "peft_sweep_int.toml": "sweep = 5\n",
+        "peft_base_int.toml": peft + "base = 3\n",
+        "peft_lr_grid_int.toml": peft + "lr_grid = 3\n",
+        "peft_lr_grid_string.toml": peft + '[sweep.lr_grid]\nln = "fast"\n',
+        "peft_tasks_empty.toml": '[sweep]\ntasks = []\nmethods = ["ln"]\n',
+        "peft_methods_empty.toml": '[sweep]\ntasks = ["mrpc"]\nmethods = []\n',
+        "peft_seeds_empty.toml": peft + "seeds = []\n",
+        "peft_seed_negative.toml": peft + "seeds = [-1]\n",
+        "peft_max_len_zero.toml": peft + "[sweep.base]\nmax_len = 0\n",
+        "peft_epochs_zero.toml": peft + "[sweep.base]\nepochs = 0\n",
+        "peft_batch_zero.toml": peft + "[sweep.base]\nbatch_size = 0\n",
+        "peft_subsample_zero.toml": peft + "[sweep.base]\nsubsample = 0\n",
+        "peft_fisher_samples_negative.toml": peft + "[sweep.base]\nfisher_samples = -1\n",
+        "peft_device_cuda.toml": peft + 'device = "cuda"\n',
     }
 
 
@@ -453,6 +561,251 @@ CASES: list[tuple[str, str, str]] = [
     ("report-n-inputs-negative", "report --store {w}/store.db --n-inputs -3 --out {w}/rep", "--n-inputs"),
 ]
 
+# === round three (issue 23)
+A, G, L, P, T = f"approx {C}approx_ok.toml", f"glue --config {C}glue_ok.toml", "lm --steps 1", \
+    "peft --task mrpc --method ln --quick", "theory width"
+R3: list[tuple[str, str, str]] = [
+    # --- class 1: a store is a store only if it is one; outputs replace regular files only
+    ("r3-runs-list-empty-file", "runs list --store {w}/empty.db", "empty file"),
+    ("r3-runs-list-foreign-sqlite", "runs list --store {w}/foreign.db", "something else"),
+    ("r3-runs-list-other-application", "runs list --store {w}/otherapp.db", "another program"),
+    ("r3-runs-list-newer-schema", "runs list --store {w}/newer.db", "newer sltlab"),
+    ("r3-runs-list-renamed-column", "runs list --store {w}/renamed.db", "'metrics'"),
+    ("r3-runs-list-fifo", "runs list --store {w}/fifo", "not a regular file"),
+    ("r3-runs-show-empty-file", "runs show x --store {w}/empty.db", "empty file"),
+    ("r3-runs-export-foreign", "runs export --store {w}/foreign.db", "something else"),
+    ("r3-runs-migrate-foreign", "runs migrate --store {w}/foreign.db", "something else"),
+    ("r3-glue-table-foreign", "glue-table --store {w}/foreign.db", "something else"),
+    ("r3-glue-table-empty-file", "glue-table --store {w}/empty.db", "empty file"),
+    ("r3-report-foreign", "report --store {w}/foreign.db --out {w}/rep", "something else"),
+    ("r3-report-also-foreign", "report --store {w}/store.db --also {w}/foreign.db --out {w}/rep", "something else"),
+    ("r3-analyze-empty-file", "analyze approx-0 --store {w}/empty.db", "empty file"),
+    ("r3-export-other-application", "export approx-0 --store {w}/otherapp.db -o {w}/o.slt", "another program"),
+    ("r3-approx-store-empty-file", f"{A} --store {{w}}/empty.db", "empty file"),
+    ("r3-approx-store-foreign", f"{A} --store {{w}}/foreign.db", "something else"),
+    ("r3-approx-dry-run-foreign", f"{A} --store {{w}}/foreign.db --dry-run", "something else"),
+    ("r3-approx-store-newer", f"{A} --store {{w}}/newer.db", "newer sltlab"),
+    ("r3-lm-store-foreign", "lm --steps 1 --store {w}/foreign.db", "something else"),
+    ("r3-glue-store-foreign", f"{G} --data-dir {{w}}/data_ok --store {{w}}/foreign.db", "something else"),
+    ("r3-theory-store-foreign", "theory width --store {w}/foreign.db", "something else"),
+    ("r3-peft-report-store-foreign", "peft --task mrpc --method ln --no-run --report {w}/r.md --store {w}/foreign.db",
+     "something else"),
+    ("r3-runs-export-csv-symlink", "runs export --store {w}/store.db --csv {w}/alink", "symbolic link"),
+    ("r3-runs-export-csv-dead-symlink", "runs export --store {w}/store.db --csv {w}/deadlink", "symbolic link"),
+    ("r3-runs-export-csv-fifo", "runs export --store {w}/store.db --csv {w}/fifo", "FIFO"),
+    ("r3-runs-export-csv-device", "runs export --store {w}/store.db --csv {w}/chardev", "device"),
+    ("r3-export-output-symlink", "export {rid:nockpt} --store {w}/store.db -o {w}/alink", "symbolic link"),
+    ("r3-export-output-fifo", "export {rid:nockpt} --store {w}/store.db -o {w}/fifo", "FIFO"),
+    ("r3-peft-report-symlink", "peft --task mrpc --method ln --no-run --report {w}/alink", "symbolic link"),
+    ("r3-peft-report-fifo", "peft --task mrpc --method ln --no-run --report {w}/fifo", "FIFO"),
+    ("r3-glue-table-out-file-symlink", "glue-table --store {w}/store.db --out {w}/linked", "symbolic link"),
+    ("r3-approx-out-file-symlink", f"{A} --out {{w}}/linked", "symbolic link"),
+    ("r3-report-out-page-symlink", "report --store {w}/store.db --out {w}/linked", "symbolic link"),
+    ("r3-theory-out-dir-symlink-to-file", "theory width --out-dir {w}/alink", "--out-dir"),
+    ("r3-peft-no-run-without-report", "peft --task mrpc --method ln --no-run", "--no-run"),
+    # --- class 2: a store's contents are input
+    ("r3-runs-show-bad-json", "runs show {rid:badjson} --store {w}/store.db", "corrupt"),
+    ("r3-runs-show-list-metrics", "runs show {rid:listmetrics} --store {w}/store.db", "corrupt"),
+    ("r3-runs-show-text-started", "runs show {rid:textstarted} --store {w}/store.db", "corrupt"),
+    ("r3-runs-show-null-config", "runs show {rid:nullconfig} --store {w}/store.db", "corrupt"),
+    ("r3-runs-show-bad-status", "runs show {rid:badstatus} --store {w}/store.db", "corrupt"),
+    ("r3-runs-show-path-run-id", "runs show approx-.. --store {w}/store.db", "corrupt"),
+    ("r3-export-path-run-id", "export approx-.. --store {w}/store.db -o {w}/o.slt", "corrupt"),
+    ("r3-analyze-path-run-id", "analyze approx-.. --store {w}/store.db", "corrupt"),
+    ("r3-analyze-bad-json", "analyze {rid:badjson} --store {w}/store.db", "corrupt"),
+    ("r3-export-kind-mismatch", "export {rid:kindmismatch} --store {w}/store.db -o {w}/o.slt", "corrupt"),
+    # --- class 3: crafted artifacts are bounded before anything is allocated
+    ("r3-inspect-d-model-huge", "inspect {w}/t_dmodel.slt", "parameters"),
+    ("r3-inspect-max-len-negative", "inspect {w}/t_maxlen.slt", "max_len"),
+    ("r3-inspect-probe-seed-huge", "inspect {w}/t_probe_big.slt", "probe record"),
+    ("r3-inspect-probe-seed-negative", "inspect {w}/t_probe_neg.slt", "probe record"),
+    ("r3-inspect-mask-shape-huge", "inspect {w}/t_maskshape.slt", "has shape"),
+    ("r3-inspect-mask-not-a-layer", "inspect {w}/t_masknotlayer.slt", "not a masked layer"),
+    ("r3-inspect-mask-listed-twice", "inspect {w}/t_masktwice.slt", "listed twice"),
+    ("r3-inspect-padded-file", "inspect {w}/t_padded.slt", "truncated or padded"),
+    ("r3-inspect-seed-edited", "inspect {w}/t_seed.slt --verify", "SHA-256"),
+    ("r3-inspect-init-scheme-edited", "inspect {w}/t_scheme.slt --verify", "SHA-256"),
+    ("r3-inspect-fifo", "inspect {w}/fifo", "not a regular file"),
+    ("r3-inspect-masks-negative", "inspect {w}/ticket.slt --masks -3", "--masks"),
+    # --- class 4: the door (device, data, ranges, tokenizer) for every study
+    ("r3-approx-device-cuda", f"{A} --device cuda", "cuda"),
+    ("r3-approx-device-cuda-index", f"{A} --device cuda:3", "cuda"),
+    ("r3-approx-config-device-cuda", f"approx {C}approx_device_cuda.toml", "study.device"),
+    ("r3-glue-device-cuda", f"{G} --data-dir {{w}}/data_ok --device cuda", "cuda"),
+    ("r3-glue-config-device-cuda", f"glue --config {C}glue_device_cuda.toml --data-dir {{w}}/data_ok", "device"),
+    ("r3-lm-device-cuda", f"{L} --device cuda", "cuda"),
+    ("r3-lm-config-device-cuda", f"lm {C}lm_device_cuda.toml", "lm.device"),
+    ("r3-peft-device-cuda", f"{P} --device cuda", "cuda"),
+    ("r3-peft-config-device-cuda", f"peft --config {C}peft_device_cuda.toml --quick", "device"),
+    ("r3-theory-device-cuda", f"{T} --device cuda", "cuda"),
+    ("r3-theory-config-device-cuda", f"{T} --config {C}theory_device_cuda.toml", "device"),
+    ("r3-glue-train-header-only", f"{G} --data-dir {{w}}/data_headeronly", "no rows"),
+    ("r3-glue-dev-header-only", f"{G} --data-dir {{w}}/data_devheaderonly", "SST-2/dev.tsv has a header but no rows"),
+    ("r3-glue-label-arabic-digit", f"{G} --data-dir {{w}}/data_arabic", "SST-2/train.tsv, line 2"),
+    ("r3-glue-label-underscore", f"{G} --data-dir {{w}}/data_underscore", "SST-2/train.tsv, line 2"),
+    ("r3-glue-label-plus-sign", f"{G} --data-dir {{w}}/data_plus", "SST-2/train.tsv, line 2"),
+    ("r3-glue-label-space-inside", f"{G} --data-dir {{w}}/data_spaced", "SST-2/train.tsv, line 2"),
+    ("r3-glue-header-duplicate-column", f"{G} --data-dir {{w}}/data_dupcol", "appears more than once"),
+    ("r3-glue-cola-empty-headerless", "glue --task cola --data-dir {w}/data_colaempty", "CoLA/train.tsv has no rows"),
+    ("r3-glue-stsb-nan", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_nan", "STS-B/train.tsv, line 2"),
+    ("r3-glue-stsb-inf", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_inf", "STS-B/train.tsv, line 2"),
+    ("r3-glue-stsb-above-five", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_big", "outside [0, 5]"),
+    ("r3-glue-stsb-negative", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_neg", "outside [0, 5]"),
+    ("r3-glue-stsb-overflow", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_overflow",
+     "outside [0, 5]"),
+    ("r3-glue-stsb-underscore", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_underscore",
+     "STS-B/train.tsv, line 2"),
+    ("r3-glue-stsb-arabic", f"glue --config {C}glue_stsb.toml --data-dir {{w}}/data_stsb_arabic",
+     "STS-B/train.tsv, line 2"),
+    ("r3-peft-train-header-only", f"{P} --data-dir {{w}}/data_mrpc_headeronly", "MRPC/train.tsv has a header"),
+    ("r3-peft-label-arabic", f"{P} --data-dir {{w}}/data_mrpc_arabic", "MRPC/train.tsv, line 2"),
+    ("r3-glue-tokenizer-hub-name", f"glue --config {C}glue_tokenizer_hub.toml --data-dir {{w}}/data_ok",
+     "downloads nothing"),
+    ("r3-glue-tokenizer-folder-empty", f"{G} --data-dir {{w}}/data_ok --set tokenizer={{w}}/adir", "tokenizer"),
+    ("r3-approx-seeds-flag-negative", f"{A} --seeds -1", "--seeds"),
+    ("r3-approx-seeds-flag-huge", f"{A} --seeds 99999999999", "--seeds"),
+    ("r3-approx-seeds-flag-arabic", f"{A} --seeds \u0661", "--seeds"),
+    ("r3-glue-seeds-flag-negative", f"{G} --seeds -1", "--seeds"),
+    ("r3-lm-seeds-flag-negative", f"{L} --seeds -1", "--seeds"),
+    ("r3-peft-seeds-flag-negative", f"{P} --seeds -1", "--seeds"),
+    ("r3-theory-seeds-flag-negative", f"{T} --seeds -1", "--seeds"),
+    ("r3-approx-widths-flag-huge", f"{A} --widths 1048576", "--widths"),
+    ("r3-approx-heads-flag-huge", f"{A} --heads 99999", "--heads"),
+    ("r3-approx-seed-negative", f"approx {C}approx_seed_negative.toml", "study.seeds[0]"),
+    ("r3-approx-score-seed-negative", f"approx {C}approx_score_seed_negative.toml", "study.score_seeds[0]"),
+    ("r3-approx-seed-huge", f"approx {C}approx_seed_huge.toml", "study.seeds"),
+    ("r3-approx-target-width-zero", f"approx {C}approx_target_width_zero.toml", "study.target_width"),
+    ("r3-approx-d-model-huge", f"approx {C}approx_d_model_huge.toml", "study.d_model"),
+    ("r3-approx-widths-huge", f"approx {C}approx_widths_huge.toml", "study.widths[0]"),
+    ("r3-approx-parameter-budget", f"approx {C}approx_budget.toml", "parameters"),
+    ("r3-approx-heads-huge", f"approx {C}approx_heads_huge.toml", "study.heads[0]"),
+    ("r3-approx-blocks-zero", f"approx {C}approx_blocks_zero.toml", "study.n_blocks"),
+    ("r3-approx-blocks-huge", f"approx {C}approx_blocks_huge.toml", "study.n_blocks"),
+    ("r3-approx-coats-huge", f"approx {C}approx_coats_huge.toml", "study.coats"),
+    ("r3-approx-folds-zero", f"approx {C}approx_folds_zero.toml", "study.folds[0]"),
+    ("r3-approx-threads-zero", f"approx {C}approx_threads_zero.toml", "study.threads"),
+    ("r3-approx-batch-huge", f"approx {C}approx_batch_huge.toml", "study.batch_size"),
+    ("r3-approx-n-train-zero", f"approx {C}approx_n_train_zero.toml", "study.n_train"),
+    ("r3-lm-d-model-huge", f"lm {C}lm_d_model_huge.toml", "lm.d_model"),
+    ("r3-lm-layers-zero", f"lm {C}lm_layers_zero.toml", "lm.n_layers"),
+    ("r3-lm-steps-huge", f"lm {C}lm_steps_huge.toml", "lm.steps"),
+    ("r3-lm-eval-batch-zero", f"lm {C}lm_eval_batch_zero.toml", "lm.eval_batch"),
+    ("r3-lm-batch-zero", f"lm {C}lm_batch_zero.toml", "lm.batch_size"),
+    ("r3-lm-fold-zero", f"lm {C}lm_fold_zero.toml", "lm.fold"),
+    ("r3-lm-dense-d-model-zero", f"lm {C}lm_dense_d_model_zero.toml", "lm.dense_d_model"),
+    ("r3-lm-parameter-budget", f"lm {C}lm_budget.toml", "parameters"),
+    ("r3-lm-seed-negative", f"lm {C}lm_seed_negative.toml", "lm.seeds[0]"),
+    ("r3-glue-seed-negative", f"glue --config {C}glue_seed_negative.toml", "sweep.seeds[0]"),
+    ("r3-glue-data-seed-negative", f"glue --config {C}glue_data_seed_negative.toml", "run.data_seed"),
+    ("r3-glue-d-model-huge", f"glue --config {C}glue_d_model_huge.toml", "run.d_model"),
+    ("r3-glue-max-len-zero", f"glue --config {C}glue_max_len_zero.toml", "run.max_len"),
+    ("r3-glue-vocab-huge", f"glue --config {C}glue_vocab_huge.toml", "run.vocab_size"),
+    ("r3-glue-layers-huge", f"glue --config {C}glue_layers_huge.toml", "run.n_layers"),
+    ("r3-glue-parameter-budget", f"glue --config {C}glue_budget.toml --data-dir {{w}}/data_ok", "parameters"),
+    ("r3-theory-widths-huge", f"{T} --config {C}theory_widths_huge.toml", "theory.width.widths[0]"),
+    ("r3-theory-d-model-huge", f"{T} --config {C}theory_d_model_huge.toml", "theory.width.d_model"),
+    ("r3-theory-parameter-budget", f"{T} --config {C}theory_budget.toml", "parameters"),
+    ("r3-theory-per-coordinate-huge", f"theory threshold --config {C}theory_per_coordinate_huge.toml",
+     "theory.threshold.per_coordinate[0]"),
+    ("r3-theory-blocks-huge", f"theory angular --config {C}theory_blocks_huge.toml", "theory.angular.blocks[0]"),
+    ("r3-theory-seed-negative", f"{T} --config {C}theory_seed_negative.toml", "theory.width.seeds[0]"),
+    ("r3-theory-set-widths-huge", f"{T} --set width.widths=[1048576]", "theory.width.widths[0]"),
+    ("r3-peft-seed-negative", f"peft --config {C}peft_seed_negative.toml", "sweep.seeds[0]"),
+    ("r3-peft-max-len-zero", f"peft --config {C}peft_max_len_zero.toml", "max_len"),
+    ("r3-peft-epochs-zero", f"peft --config {C}peft_epochs_zero.toml", "epochs"),
+    ("r3-peft-batch-zero", f"peft --config {C}peft_batch_zero.toml", "batch_size"),
+    ("r3-peft-subsample-zero", f"peft --config {C}peft_subsample_zero.toml", "subsample"),
+    ("r3-peft-fisher-samples-negative", f"peft --config {C}peft_fisher_samples_negative.toml", "fisher_samples"),
+    # --- class 5: nonsense accepted before
+    ("r3-approx-heads-empty", f"approx {C}approx_heads_empty.toml", "study.heads"),
+    ("r3-approx-variants-empty", f"approx {C}approx_variants_empty.toml", "study.variants"),
+    ("r3-approx-methods-empty", f"approx {C}approx_methods_empty.toml", "study.methods"),
+    ("r3-approx-score-seeds-empty", f"approx {C}approx_score_seeds_empty.toml", "study.score_seeds"),
+    ("r3-approx-variants-flag-comma", f"{A} --variants ,", "--variants"),
+    ("r3-approx-methods-flag-comma", f"{A} --methods ,", "--methods"),
+    ("r3-approx-widths-flag-comma", f"{A} --widths ,", "--widths"),
+    ("r3-approx-heads-flag-comma", f"{A} --heads ,", "--heads"),
+    ("r3-glue-task-flag-comma", "glue --task ,", "--task"),
+    ("r3-glue-method-flag-comma", "glue --task sst2 --method ,", "--method"),
+    ("r3-glue-norm-flag-comma", "glue --task sst2 --norm ,", "--norm"),
+    ("r3-glue-tasks-empty", f"glue --config {C}glue_tasks_empty.toml", "sweep.tasks"),
+    ("r3-glue-methods-empty", f"glue --config {C}glue_methods_empty.toml", "sweep.methods"),
+    ("r3-glue-norms-empty", f"glue --config {C}glue_norms_empty.toml", "sweep.norms"),
+    ("r3-glue-seeds-empty", f"glue --config {C}glue_seeds_empty.toml", "sweep.seeds"),
+    ("r3-lm-methods-empty", f"lm {C}lm_methods_empty.toml", "lm.methods"),
+    ("r3-lm-methods-flag-comma", "lm --methods ,", "--methods"),
+    ("r3-peft-tasks-empty", f"peft --config {C}peft_tasks_empty.toml", "tasks"),
+    ("r3-peft-methods-empty", f"peft --config {C}peft_methods_empty.toml", "methods"),
+    ("r3-peft-seeds-empty", f"peft --config {C}peft_seeds_empty.toml", "seeds"),
+    ("r3-peft-task-flag-comma", "peft --task , --method ln", "--task"),
+    ("r3-report-also-the-store", "report --store {w}/store.db --also {w}/store.db --out {w}/rep", "--also"),
+    ("r3-report-also-twice", "report --store {w}/other.db --also {w}/store.db --also {w}/store.db --out {w}/rep",
+     "--also"),
+    # --- class 6: endpoints and the machine's limits
+    ("r3-approx-threads-huge", f"{A} --threads 100000", "--threads"),
+    ("r3-glue-threads-huge", f"{G} --data-dir {{w}}/data_ok --threads 100000", "--threads"),
+    ("r3-lm-threads-huge", f"{L} --threads 100000", "--threads"),
+    ("r3-peft-threads-huge", f"{P} --threads 100000", "--threads"),
+    ("r3-theory-threads-huge", f"{T} --threads 100000", "--threads"),
+    ("r3-approx-workers-huge", f"{A} --workers 100000", "--workers"),
+    ("r3-approx-retries-huge", f"{A} --retries 1000", "--retries"),
+    ("r3-approx-retries-negative", f"{A} --retries -1", "--retries"),
+    ("r3-approx-address-silent", f"{A} --executor ray --address 127.0.0.1:{{silent}}", "--address"),
+    ("r3-approx-address-junk", f"{A} --executor ray --address 127.0.0.1:{{junk}}", "not as Ray"),
+    ("r3-approx-address-closed", f"{A} --executor ray --address 127.0.0.1:{{closed}}", "nothing answers"),
+    ("r3-glue-address-silent", f"{G} --data-dir {{w}}/data_ok --executor ray --address 127.0.0.1:{{silent}}",
+     "--address"),
+    ("r3-lm-address-silent", f"{L} --executor ray --address ray://127.0.0.1:{{silent}}", "--address"),
+    ("r3-peft-address-silent", f"{P} --executor ray --address 127.0.0.1:{{silent}}", "--address"),
+    ("r3-theory-address-silent", f"{T} --executor ray --address 127.0.0.1:{{silent}}", "--address"),
+    ("r3-approx-track-http-closed", f"{A} --track mlflow:http://127.0.0.1:{{closed}}", "--track"),
+    ("r3-approx-track-http-silent", f"{A} --track mlflow:http://127.0.0.1:{{silent}}", "--track"),
+    ("r3-approx-track-sqlite-directory", f"{A} --track mlflow:sqlite:///{{w}}/adir", "folder"),
+    ("r3-runs-export-mlflow-http-closed", "runs export --store {w}/store.db --mlflow http://127.0.0.1:{closed}",
+     "--mlflow"),
+    ("r3-runs-export-mlflow-http-silent", "runs export --store {w}/store.db --mlflow http://127.0.0.1:{silent}",
+     "--mlflow"),
+    ("r3-runs-export-mlflow-sqlite-directory", "runs export --store {w}/store.db --mlflow sqlite:///{w}/adir",
+     "folder"),
+    ("r3-runs-export-mlflow-sqlite-no-folder", "runs export --store {w}/store.db --mlflow sqlite:///{w}/nowhere/m.db",
+     "does not exist"),
+    ("r3-runs-export-mlflow-into-the-store", "runs export --store {w}/store.db --mlflow sqlite:///{w}/store.db",
+     "sltlab results store"),
+    ("r3-runs-export-mlflow-unknown-scheme", "runs export --store {w}/store.db --mlflow s3://bucket/x",
+     "unsupported"),
+    ("r3-runs-list-with-csv", "runs list --store {w}/store.db --csv {w}/x.csv", "--csv"),
+    # --- class 8: type confusions in configs name their field
+    ("r3-glue-sweep-int", f"glue --config {C}glue_sweep_int.toml", "sweep"),
+    ("r3-glue-sweep-string", f"glue --config {C}glue_sweep_string.toml", "sweep"),
+    ("r3-glue-run-int", f"glue --config {C}glue_run_int.toml", "sweep.run"),
+    ("r3-glue-method-int", f"glue --config {C}glue_method_int.toml", "sweep.method"),
+    ("r3-glue-task-int", f"glue --config {C}glue_task_int.toml", "sweep.task"),
+    ("r3-glue-method-dense-int", f"glue --config {C}glue_method_dense_int.toml", "sweep.method.dense"),
+    ("r3-glue-seeds-string", f"glue --config {C}glue_seeds_string.toml", "sweep.seeds"),
+    ("r3-glue-steps-float", f"glue --config {C}glue_steps_float.toml", "run.steps"),
+    ("r3-glue-set-run-int", "glue --task sst2 --set run=3", "sweep.run"),
+    ("r3-peft-sweep-int", f"peft --config {C}peft_sweep_int.toml", "sweep"),
+    ("r3-peft-base-int", f"peft --config {C}peft_base_int.toml", "sweep.base"),
+    ("r3-peft-lr-grid-int", f"peft --config {C}peft_lr_grid_int.toml", "sweep.lr_grid"),
+    ("r3-peft-lr-grid-string", f"peft --config {C}peft_lr_grid_string.toml", "lr_grid"),
+    ("r3-approx-heads-int", f"approx {C}approx_heads_int.toml", "study.heads"),
+    ("r3-approx-keep-bool", f"approx {C}approx_keep_bool.toml", "study.keep"),
+    ("r3-approx-device-int", f"approx {C}approx_device_int.toml", "study.device"),
+    ("r3-approx-seeds-bool", f"approx {C}approx_seeds_bool.toml", "study.seeds[0]"),
+    ("r3-approx-seeds-string", f"approx {C}approx_seeds_string.toml", "study.seeds"),
+    ("r3-approx-name-empty", f"approx {C}approx_name_empty.toml", "study.name"),
+    ("r3-approx-store-empty-string", f"approx {C}approx_store_empty.toml", "study.store"),
+    ("r3-lm-methods-string", f"lm {C}lm_methods_string.toml", "lm.methods"),
+    ("r3-lm-seeds-int", f"lm {C}lm_seeds_int.toml", "lm.seeds"),
+    ("r3-lm-steps-float", f"lm {C}lm_steps_float.toml", "lm.steps"),
+    ("r3-lm-d-ff-string", f"lm {C}lm_d_ff_string.toml", "lm.d_ff"),
+    ("r3-lm-dataset-empty", f"lm {C}lm_dataset_empty.toml", "lm.dataset"),
+    ("r3-theory-width-int", f"{T} --config {C}theory_width_int.toml", "theory.width"),
+    ("r3-theory-construct-int", f"{T} --config {C}theory_construct_int.toml", "theory.construct"),
+    ("r3-theory-seeds-string", f"{T} --config {C}theory_seeds_string.toml", "theory.width.seeds"),
+]
+CASES += R3
+
 
 # ------------------------------------------------------------------------------------------------------ the inputs
 def _glue_data(root: Path, name: str, train: str | bytes | None = None, rm_task: bool = False) -> None:
@@ -479,6 +832,122 @@ def _tiny_ticket(path: Path) -> bytes:
     return export_ticket(build_model(spec), spec, path)
 
 
+def reseal(blob: bytes, edit) -> bytes:  # noqa: ANN001 - edit(header dict) changes it in place
+    """A .slt with its header edited and its checksum recomputed: what a hostile or careless edit produces."""
+    import hashlib
+    import json
+    import struct
+    import zlib
+
+    prefix = struct.Struct("<8sHHI")
+    magic, version, reserved, hlen = prefix.unpack_from(blob)
+    header = json.loads(zlib.decompress(blob[prefix.size:prefix.size + hlen]))
+    payload = blob[prefix.size + hlen:-32]
+    edit(header)
+    hz = zlib.compress(json.dumps(header, sort_keys=True, separators=(",", ":")).encode(), 9)
+    body = prefix.pack(magic, version, reserved, len(hz)) + hz + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def _crafted_tickets(w: Path, blob: bytes) -> None:
+    """Tickets whose checksum is right but whose header describes something else."""
+    import hashlib
+
+    def spec_model(**kw):  # noqa: ANN202
+        return lambda h: h["spec"]["model"].update(kw)
+
+    def first_mask(**kw):  # noqa: ANN202
+        return lambda h: h["masks"][0].update(kw)
+
+    edits = {
+        "t_dmodel.slt": spec_model(d_model=2**14, n_heads=1, n_layers=64),
+        "t_maxlen.slt": spec_model(max_len=-5),
+        "t_probe_big.slt": lambda h: h["probe"].update(seed=2**70),
+        "t_probe_neg.slt": lambda h: h["probe"].update(seed=-(2**70)),
+        "t_maskshape.slt": first_mask(shape=[2**20, 2**10], ones=0),
+        "t_masknotlayer.slt": first_mask(name="no.such.layer"),
+        "t_masktwice.slt": lambda h: h["masks"].append(dict(h["masks"][0])),
+        "t_seed.slt": lambda h: h["spec"]["init"].update(seed=h["spec"]["init"]["seed"] + 1),
+        "t_scheme.slt": lambda h: h["spec"]["init"].update(scheme="xavier-uniform"),
+    }
+    for name, edit in edits.items():
+        (w / name).write_bytes(reseal(blob, edit))
+    body = blob[:-32] + b"\0" * 64  # padded past what the header declares, checksum recomputed
+    (w / "t_padded.slt").write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _stores(w: Path) -> dict[str, str]:
+    """Files that are not sltlab stores, and a store whose rows are not what sltlab writes."""
+    from sltlab.runs.store import Store
+
+    (w / "empty.db").write_bytes(b"")
+    with sqlite3.connect(w / "foreign.db") as db:
+        db.execute("CREATE TABLE invoices (id INTEGER, total REAL)")
+    with sqlite3.connect(w / "otherapp.db") as db:
+        db.execute("PRAGMA application_id = 1234")
+        db.execute("CREATE TABLE runs (run_id TEXT)")
+    Store(w / "newer.db").close()
+    with sqlite3.connect(w / "newer.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    with sqlite3.connect(w / "renamed.db") as db:
+        db.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, kind TEXT, status TEXT, seed INTEGER, config TEXT, "
+                   "metricz TEXT, timings TEXT, error TEXT, code_version TEXT, host TEXT, started REAL, finished REAL)")
+    Store(w / "other.db").close()
+    bad = {  # name -> (run id, column values that are not what sltlab writes)
+        "badjson": ("approx-0000000000b1", {"metrics": "{not json"}),
+        "listmetrics": ("approx-0000000000b2", {"metrics": "[1, 2]"}),
+        "textstarted": ("approx-0000000000b3", {"started": "yesterday"}),
+        "nullconfig": ("approx-0000000000b4", {"config": "null"}),
+        "badstatus": ("approx-0000000000b5", {"status": "done-ish"}),
+        "kindmismatch": ("approx-0000000000b6", {"kind": "glue"}),
+        "pathid": ("approx-../../../../tmp/x", {}),
+    }
+    with sqlite3.connect(w / "store.db") as db:
+        for rid, cols in bad.values():
+            row = {"run_id": rid, "kind": "approx", "status": "finished", "config": "{}", "metrics": "{}",
+                   "started": 1.0, **cols}
+            db.execute(f"INSERT INTO runs({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+    return {name: rid for name, (rid, _) in bad.items()}
+
+
+def _special_files(w: Path) -> None:
+    import stat
+
+    os.mkfifo(w / "fifo")
+    (w / "alink").symlink_to(w / "afile")
+    (w / "deadlink").symlink_to(w / "nowhere" / "x")
+    with __import__("contextlib").suppress(OSError):  # a device node needs root; its row is skipped without one
+        os.mknod(w / "chardev", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    (w / "linked").mkdir()
+    for name in ("glue_table.md", "approx.csv", "report.md"):
+        (w / "linked" / name).symlink_to(w / "afile")
+
+
+def _round_three_data(w: Path) -> None:
+    header = "sentence\tlabel\n"
+    _glue_data(w, "data_headeronly", header)
+    _glue_data(w, "data_devheaderonly")
+    (w / "data_devheaderonly" / "glue" / "SST-2" / "dev.tsv").write_text(header)
+    _glue_data(w, "data_arabic", header + "a fine film\t\u0661\n")
+    _glue_data(w, "data_underscore", header + "a fine film\t0_1\n")
+    _glue_data(w, "data_plus", header + "a fine film\t+1\n")
+    _glue_data(w, "data_spaced", header + "a fine film\t1 0\n")
+    _glue_data(w, "data_dupcol", "sentence\tsentence\tlabel\na\tb\t1\n")
+    _glue_data(w, "data_colaempty")
+    (w / "data_colaempty" / "glue" / "CoLA" / "train.tsv").write_text("")
+    stsb = ("index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+            "0\tmain\tx\t2012\t1\tnone\tnone\tA plane.\tA jet.\t{}\n")
+    for name, score in (("nan", "nan"), ("inf", "inf"), ("big", "6.0"), ("neg", "-0.5"), ("overflow", "1e999"),
+                        ("underscore", "1_0"), ("arabic", "\u0663.5")):
+        _glue_data(w, f"data_stsb_{name}")
+        (w / f"data_stsb_{name}" / "glue" / "STS-B" / "train.tsv").write_text(stsb.format(score))
+    mrpc = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    _glue_data(w, "data_mrpc_headeronly")
+    (w / "data_mrpc_headeronly" / "glue" / "MRPC" / "train.tsv").write_text("\ufeff" + mrpc)
+    _glue_data(w, "data_mrpc_arabic")
+    (w / "data_mrpc_arabic" / "glue" / "MRPC" / "train.tsv").write_text(mrpc + "\u0661\t1\t2\tA b.\tA c.\n")
+
+
 def _checkpoint(path: Path) -> bytes:
     from sltlab.nn.init import InitSpec
     from sltlab.nn.transformer import ModelConfig
@@ -498,7 +967,7 @@ def world(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
     w = tmp_path_factory.mktemp("inputs")
     (w / "cfg").mkdir()
-    for name, content in {**configs(), "glue_ok.toml": glue()}.items():
+    for name, content in {**configs(), **configs_round_three(), "glue_ok.toml": glue()}.items():
         (w / "cfg" / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     (w / "adir").mkdir()
     (w / "afile").write_text("just some text\n")
@@ -541,7 +1010,44 @@ def world(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             rids[name] = rid
             if data is not None:
                 (store.artifact_dir(rid) / "ticket.safetensors").write_bytes(data)
+    rids.update(_stores(w))
+    _crafted_tickets(w, blob)
+    _special_files(w)
+    _round_three_data(w)
     return w, rids
+
+
+@pytest.fixture(scope="module")
+def ports():
+    """{silent}: accepts connections and never answers; {junk}: answers every connection with an HTTP/1 line;
+    {closed}: nothing listens there."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # the kernel completes the handshakes; nobody reads
+    junk = socket.socket()
+    junk.bind(("127.0.0.1", 0))
+    junk.listen(64)
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = junk.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    closed = probe.getsockname()[1]
+    probe.close()
+    yield {"silent": silent.getsockname()[1], "junk": junk.getsockname()[1], "closed": closed}
+    silent.close()
+    junk.close()
 
 
 def _snapshot(*roots: Path) -> dict[str, tuple[int, int, int]]:
@@ -584,12 +1090,19 @@ def traps(monkeypatch):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_bad_input(case, world, traps, tmp_path, tmp_path_factory, monkeypatch, capsys):
+def test_bad_input(case, world, ports, traps, tmp_path, tmp_path_factory, monkeypatch, capsys):
     _id, template, expected = case
     w, rids = world
+    if "cuda" in template and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: a CUDA device is not a bad input here")
+    if "{w}/chardev" in template and not (w / "chardev").exists():
+        pytest.skip("making a device node needs root")
     text = template.replace("{w}", str(w))
     for name, rid in rids.items():
         text = text.replace(f"{{rid:{name}}}", rid)
+    for name, port in ports.items():
+        text = text.replace(f"{{{name}}}", str(port))
+    monkeypatch.setenv("SLTLAB_CONNECT_TIMEOUT", "0.5")  # endpoints that do not answer: half a second each
     argv = text.split()
     expected = expected.replace("{w}", str(w))
     # The tokenizer cache is a cache, kept outside the folders that must stay untouched.

@@ -164,7 +164,12 @@ def test_imp_saves_every_round_mask(tmp_path, glue_dir, sst_data):
         rounds = load_round_masks(art / ROUND_MASKS_FILE)
         final = {k[len("mask::") :]: v.bool() for k, v in checkpoint_extras(art / "ticket.safetensors").items()}
         m = store.get(rid).metrics
-    assert rid == make_run_id("glue", cfg.resolved().to_dict(), cfg.seed)  # the run id is still the config's hash
+    from sltlab.paths import fingerprint
+    from sltlab.tasks.glue import split_files
+
+    # the run id is the hash of the config and of the data it read
+    data = fingerprint(split_files("sst2", glue_dir))
+    assert rid == make_run_id("glue", {**cfg.resolved().to_dict(), "data": data}, cfg.seed)
     assert len(rounds) == 4 and all(set(r) == set(final) for r in rounds)
     # the last round is the ticket in the checkpoint, bit for bit
     assert all(torch.equal(rounds[-1][k], final[k]) and rounds[-1][k].dtype == torch.bool for k in final)

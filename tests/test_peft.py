@@ -266,6 +266,7 @@ def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
         # 8 of the 32 training rows held out: scored by every run, trained on by none, what the lr is chosen on
         assert m["dev_n"] == 12 and m["train_n"] == 24 and m["holdout_n"] == 8
         assert 0.0 <= m["holdout_main"] <= 1.0 and r.config["holdout"] == 8
+        assert "wall_s" not in m and r.timings["wall_s"] > 0  # wall clock is a timing: equal runs, equal metrics
     assert len(store.runs("peft-fisher")) == 1
     # a second sweep finds every run finished and recomputes nothing
     again = peft.run_sweep(sweep, store, data_dir=str(data), progress=False, log=lambda s: None)

@@ -1,7 +1,9 @@
-"""Where data lives. One setting: --data-dir, else $SLTLAB_DATA, else ../shared/data or ./data if present."""
+"""Where data lives. One setting: --data-dir, else $SLTLAB_DATA, else ../shared/data or ./data if present. And what
+the data is: `fingerprint(files)` enters the run ids of the studies that read data files (glue, lm)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -58,3 +60,32 @@ def read_utf8(path: str | os.PathLike, encoding: str = "utf-8") -> str:
             f"{p}, line {line}, column {col}: byte 0x{data[err.start]:02x} is not valid UTF-8; "
             "save the file as UTF-8"
         ) from None
+
+
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def fingerprint(paths: list[Path] | tuple[Path, ...]) -> str:
+    """The data's identity for a run id: SHA-256 over the bytes of `paths` (in the order given, each with its
+    length, so no two file lists give one stream), 16 hex digits. A run's id changes when its data does, so a
+    result computed from other data is never taken for this one's. Read in 1 MiB chunks; cached per file size and
+    modification time within a process."""
+    h = hashlib.sha256()
+    for path in paths:
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError as err:
+            raise DataError(f"cannot read {p}: {err.strerror or err}") from None
+        key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+        if key not in _FINGERPRINTS:
+            one = hashlib.sha256()
+            try:
+                with open(p, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        one.update(chunk)
+            except OSError as err:
+                raise DataError(f"cannot read {p}: {err.strerror or err}") from None
+            _FINGERPRINTS[key] = one.hexdigest()
+        h.update(f"{st.st_size}:{_FINGERPRINTS[key]};".encode())
+    return h.hexdigest()[:16]

@@ -49,7 +49,7 @@ def _siblings(store: Store, rec: RunRecord, vary: tuple[str, ...]) -> list[RunRe
 def _masks_of(store: Store, rec: RunRecord) -> dict | None:
     from sltlab.analysis.masks import load_ticket_masks
 
-    path = store.path.parent / "artifacts" / rec.run_id / "ticket.safetensors"
+    path = store.artifact_path(rec.run_id) / "ticket.safetensors"
     if not path.is_file():
         return None
     try:
@@ -144,7 +144,7 @@ def _imp_rounds(store: Store, rec: RunRecord, out: dict[str, Any]) -> None:
     from sltlab.analysis.masks import imp_round_table, load_imp_rounds
 
     try:
-        rounds = load_imp_rounds(store.path.parent / "artifacts" / rec.run_id)
+        rounds = load_imp_rounds(store.artifact_path(rec.run_id))
     except SltlabError as err:
         out["notes"].append(f"IMP round masks unreadable, per-round overlap skipped: {err}")
         return
@@ -250,10 +250,14 @@ def _handler(args: argparse.Namespace) -> int:
     from sltlab.runs.checks import check_store_file
 
     check_store_file("--store", args.store)
-    with Store(args.store) as store:
+    with Store(args.store, readonly=not args.save) as store:  # only --save writes
         a = analyze_run(store, args.run_id, args.n_inputs, args.data_dir)
         if args.save:
             store.update_metrics(a["run_id"], {"analysis": _slim(a)})
+        if store.corrupt_note():
+            import sys
+
+            print(f"sltlab: warning: {store.corrupt_note()}", file=sys.stderr)
     print(json.dumps(_clean(a), indent=1, default=str) if args.json else format_analysis(a))
     return 0
 

@@ -30,6 +30,10 @@ examples:
 """
 
 
+#: What the study writes to its output folder (sltlab.analysis.approx_summary), checked before the sweep.
+OUTPUTS = ("approx.csv", "fits.json", "fits.md", "error_vs_width.png", "per_block.png")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from sltlab.commands.common import COMMON_HELP, add_common
 
@@ -53,8 +57,8 @@ def _dry_run_grid(study, grid, cells, spec) -> int:  # type: ignore[no-untyped-d
     from sltlab.tasks.selection import dry_plan
 
     p = Path(study.store)
-    if p.is_file():
-        with Store(p) as store:
+    if p.exists():  # read-only: a dry run creates, migrates and switches nothing
+        with Store(p, readonly=True) as store:
             rows, waiting = dry_plan(grid, cells, spec, store)
     else:
         rows, waiting = dry_plan(grid, cells, spec, None)
@@ -91,22 +95,35 @@ def _print_sizing(study) -> None:  # type: ignore[no-untyped-def]
               f"{r['mde_planned']:.3g}, TOST power {r['tost_power_planned']:.2f}  [{ok}]  ({r['sd_source']})")
 
 
+def check_model_size(study: object) -> None:
+    """The widest source the sweep builds fits the parameter budget (sltlab.tickets.spec.check_size), before any
+    cell starts: a typo in widths or d_model is one line, not a crashed worker per cell."""
+    from sltlab.tickets.spec import check_size
+
+    runs = study.cells()  # type: ignore[attr-defined]
+    widest = max(runs, key=lambda r: (r.width * r.n_heads, r.fold is None))
+    check_size(widest.source_spec(), "study.widths")
+
+
 def _ints(text: str | None, flag: str) -> list[int] | None:
     from sltlab.commands.common import parse_seeds
+    from sltlab.runs.config import FIELD_RULES
 
-    return parse_seeds(text, flag)
+    lo, hi = FIELD_RULES["widths" if flag == "--widths" else "heads"]
+    return parse_seeds(text, flag, lo, hi)
 
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.analysis.approx_summary import summarise
-    from sltlab.commands.common import dry_run, exec_options, load_config, parse_seeds
+    from sltlab.commands.common import check_devices, dry_run, exec_options, load_config, parse_names, parse_seeds
     from sltlab.runs.checks import check_output_dir
-    from sltlab.runs.config import comma_list, from_dict
+    from sltlab.runs.config import from_dict
     from sltlab.runs.store import Store
     from sltlab.tasks.approx import KIND, ApproxStudy, grid_cells, grid_spec, run_sweep, study_cells
 
     data = load_config(args)
-    for key, value in (("variants", comma_list(args.variants)), ("methods", comma_list(args.methods)),
+    for key, value in (("variants", parse_names(args.variants, "--variants")),
+                       ("methods", parse_names(args.methods, "--methods")),
                        ("widths", _ints(args.widths, "--widths")), ("heads", _ints(args.heads, "--heads")),
                        ("seeds", parse_seeds(args.seeds)), ("store", args.store), ("out_dir", args.out)):
         if value is not None:
@@ -122,7 +139,11 @@ def main(args: argparse.Namespace) -> int:
         if not study.lr_grid:
             return dry_run(cells, study.store)
         return _dry_run_grid(study, grid_cells(study), cells, grid_spec(study))
-    check_output_dir("--out" if args.out else "study.out_dir", study.out_dir)  # before the sweep, not after
+    check_output_dir("--out" if args.out else "study.out_dir", study.out_dir, OUTPUTS)  # before the sweep
+    # the construction runs on the CPU whatever the device; every other method needs the device here
+    if any(m != "construct" for m in study.methods):
+        check_devices(study.device, "study.device", args)
+    check_model_size(study)
     opts = exec_options(args, study.threads)
     n_final = len(cells) // max(1, len(study.lr_grid))
     grid_note = (f" (+ an lr grid of {len(study.lr_grid)} on {study.select_seeds} weight seed(s), chosen on held-out "
@@ -131,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     with Store(study.store) as store:
         report = run_sweep(study, store, opts)
     print(report.summary())
-    with Store(study.store) as store:
+    with Store(study.store, readonly=True) as store:
         records = [r for r in (store.get(i) for i in report.run_ids) if r.status == "finished"]
     assert all(r.kind == KIND for r in records)
     if records:

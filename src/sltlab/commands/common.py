@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sltlab.errors import ConfigError
-from sltlab.runs.config import apply_sets, load_toml
+from sltlab.runs.config import MAX_SEED, apply_sets, load_toml
 
 COMMON_HELP = """\
 common options (every study command):
@@ -31,7 +31,11 @@ common options (every study command):
   --device D / --precision P  auto | cpu | cuda | cuda:N, and fp32 | bf16 | fp16
   --track mlflow:URI        log every finished run to MLflow while the sweep runs
   --dry-run                 list the cells and which are already finished; run nothing, write nothing
+  --no-wait                 leave cells another sweep on the same store is running to it (default: wait for
+                            them, shown in the progress bar, then summarise the whole study)
   --quiet                   no progress bar
+Everything checkable is checked before anything is written: a bad value, a missing or malformed data file or a
+device this machine lacks is one line (exit 2), and no store or output folder is created.
 """
 
 
@@ -55,6 +59,8 @@ def add_common(p: argparse.ArgumentParser, config_help: str | None = "TOML file 
     p.add_argument("--precision", help="fp32 | bf16 | fp16 (default: the config's, else fp32)")
     p.add_argument("--track", help="mlflow:URI: log finished runs to MLflow live")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status; run nothing")
+    p.add_argument("--no-wait", action="store_true",
+                   help="leave cells running in another sweep on this store to it instead of waiting for them")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -64,20 +70,34 @@ def config_path(args: argparse.Namespace) -> str | None:
     return args.config or args.config_opt
 
 
-def parse_seeds(text: str | None, flag: str = "--seeds") -> list[int] | None:
+def parse_seeds(text: str | None, flag: str = "--seeds", lo: int = 0, hi: int = MAX_SEED) -> list[int] | None:
+    """A comma list of integers in [lo, hi] (seeds by default; --widths and --heads use their own bounds)."""
     if text is None:
         return None
     out = []
     for tok in text.replace(" ", ",").split(","):
         if not tok:
             continue
-        try:
-            out.append(int(tok))
-        except ValueError:
-            raise ConfigError(flag, f"{tok!r} is not an integer seed", "a comma list such as 0,1,2") from None
+        # int() would also read "1_0", "١" (Arabic-Indic one) and "+3"; a seed is written in ASCII digits
+        if not tok.lstrip("-").isascii() or not tok.lstrip("-").isdigit():
+            raise ConfigError(flag, f"{tok!r} is not an integer", "a comma list such as 0,1,2")
+        value = int(tok)
+        if not lo <= value <= hi:
+            raise ConfigError(flag, f"{value} is out of range", f"integers in [{lo}, {hi}]")
+        out.append(value)
     if not out:
         raise ConfigError(flag, "is empty", "a comma list such as 0,1,2")
     return out
+
+
+def parse_names(text: str | None, flag: str) -> list[str] | None:
+    """A comma list of names; `--variants ,` (nothing in it) is an error, not an empty sweep."""
+    from sltlab.runs.config import comma_list
+
+    names = comma_list(text)
+    if names is not None and not names:
+        raise ConfigError(flag, f"{text!r} names nothing", "a comma list of names, e.g. none,pre-ln")
+    return names
 
 
 def load_config(args: argparse.Namespace, allowed_top: set[str] | None = None) -> dict[str, Any]:
@@ -88,13 +108,19 @@ def load_config(args: argparse.Namespace, allowed_top: set[str] | None = None) -
 
 
 def exec_options(args: argparse.Namespace, default_threads: int = 1) -> Any:
+    import os
+
     from sltlab.runs.executor import ExecOptions
 
+    cores = os.cpu_count() or 1
+    if args.threads is not None and args.executor != "ray" and not 1 <= args.threads <= cores:
+        raise ConfigError("--threads", f"{args.threads} threads per cell on a machine with {cores} cores",
+                          f"an integer in [1, {cores}] (default 1)")
     opts = ExecOptions(
         executor=args.executor, workers=args.workers,
         threads=default_threads if args.threads is None else args.threads,
         retries=args.retries, address=args.address, progress=not args.quiet,
-        track=args.track,
+        track=args.track, wait=not getattr(args, "no_wait", False),
     )
     opts.validate()
     if opts.executor == "ray" and opts.address and opts.address != "auto":
@@ -102,10 +128,22 @@ def exec_options(args: argparse.Namespace, default_threads: int = 1) -> Any:
 
         _probe(opts.address)  # before any store or folder is made
     if args.track:
-        from sltlab.runs.tracking import check_track
+        from sltlab.runs.tracking import check_track, open_tracker
 
-        check_track(args.track)
+        open_tracker(check_track(args.track), "--track")  # reachable now, not after the first cell finished
     return opts
+
+
+def check_devices(names: Any, field: str, args: argparse.Namespace) -> None:
+    """Every device the cells ask for exists here (CUDA on a CPU-only torch is one line, exit 2, nothing written).
+    Cells sent to a Ray cluster are checked against the cluster's GPUs when it is joined, not against this
+    machine."""
+    from sltlab.runs.device import resolve_device
+
+    if args.executor == "ray" and args.address:
+        return
+    for name in sorted({str(n) for n in ([names] if isinstance(names, str) else names)}):
+        resolve_device(name, "--device" if args.device else field)
 
 
 def dry_run(cells: list[Any], store_path: str | Path) -> int:
@@ -114,8 +152,8 @@ def dry_run(cells: list[Any], store_path: str | Path) -> int:
     from sltlab.runs.store import Store
 
     p = Path(store_path)
-    if p.is_file():
-        with Store(p) as store:
+    if p.exists():  # read-only: a dry run creates, migrates and switches nothing
+        with Store(p, readonly=True) as store:
             rows = plan(cells, store)
     else:
         rows = [(c, "new") for c in cells]
@@ -130,11 +168,33 @@ def dry_run(cells: list[Any], store_path: str | Path) -> int:
 def run_and_report(cells: list[Any], store_path: str | Path, args: argparse.Namespace,
                    default_threads: int = 1) -> Any:
     """Run the cells with the command line's executor options; print the summary. Returns the SweepReport."""
-    from sltlab.runs.executor import run_cells
+    from sltlab.runs.executor import make_executor, run_cells
     from sltlab.runs.store import Store
 
     opts = exec_options(args, default_threads)
-    with Store(store_path) as store:
-        report = run_cells(cells, store, opts)
+    check_devices([c.device for c in cells], "device", args)
+    # The executor first: joining a Ray cluster (and checking it has the GPUs the cells ask for) can fail, and
+    # then no store has been created.
+    ex = make_executor(opts, cells)
+    try:
+        with Store(store_path) as store:
+            report = run_cells(cells, store, opts, executor=ex)
+    finally:
+        ex.close()
     print(report.summary())
     return report
+
+
+def check_glue_splits(tasks: Any, data_dir: str | None) -> list[str]:
+    """Read every local split the GLUE tasks' cells use (train and the dev splits) once, before the store is opened:
+    a missing file, a bad byte, a header-only file or a malformed row or label is one line naming the file and line,
+    not a failure found hours into the sweep. Returns the files read."""
+    from sltlab.tasks.glue import get_task, glue_root, load_split
+
+    read = []
+    for name in sorted({get_task(t).name for t in tasks}):
+        info = get_task(name)
+        for split in ("train", *info.dev_splits):
+            load_split(info.name, split, data_dir)
+            read.append(str(glue_root(data_dir) / info.dir_name / f"{split}.tsv"))
+    return read

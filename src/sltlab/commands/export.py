@@ -19,6 +19,7 @@ examples:
   sltlab export lm-3f2a9c -o shakespeare.slt
   sltlab export approx-0b1c2d3e4f5a -o mha.slt --store runs/full.db --floats float16
   sltlab inspect shakespeare.slt --verify
+  sltlab export lm-3f2a9c -o - | ssh host 'cat > t.slt'   # the bytes on standard output
   python -c "import sltlab; m = sltlab.load_ticket('shakespeare.slt')"
 """
 
@@ -32,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run_id", help="run id (or a unique prefix) in the store")
-    p.add_argument("-o", "--output", required=True, help="the .slt file to write (atomically)")
+    p.add_argument("-o", "--output", required=True, help="the .slt file to write (atomically; - for standard output)")
     p.add_argument("--store", default="runs/sltlab.db", help="SQLite store (default runs/sltlab.db)")
     p.add_argument(
         "--floats",
@@ -45,28 +46,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
+
     from sltlab.errors import ArtifactError
     from sltlab.runs.checks import check_output_file, check_store_file
+    from sltlab.runs.io import STDOUT, emit
     from sltlab.runs.store import Store
     from sltlab.tickets.artifact import decode_ticket, export_ticket
     from sltlab.tickets.checkpoint import load_checkpoint
 
-    check_output_file("--output", args.output)
+    check_output_file("--output", args.output, stdout_ok=True)
     check_store_file("--store", args.store)
-    with Store(args.store) as store:
+    with Store(args.store, readonly=True) as store:
         rec = store.get(args.run_id)
-        ckpt = store.path.parent / "artifacts" / rec.run_id / "ticket.safetensors"
+        ckpt = store.artifact_path(rec.run_id) / "ticket.safetensors"
     if not ckpt.is_file():
         raise ArtifactError(
             f"run {rec.run_id} ({rec.status}) saved no checkpoint at {ckpt}; only runs that wrote "
             "ticket.safetensors (sltlab.tickets.checkpoint.save_checkpoint) can be exported"
         )
     model, spec = load_checkpoint(ckpt)
-    blob = export_ticket(model, spec, args.output, floats=args.floats)
+    blob = export_ticket(model, spec, None, floats=args.floats)
     sizes = decode_ticket(blob, args.output).sizes
+    emit(args.output, blob)
+    # with the ticket on standard output, what was written goes to stderr
+    out = sys.stderr if args.output == STDOUT else sys.stdout
     print(
         f"wrote {args.output}: {len(blob):,} bytes (header {sizes['header']:,}, masks {sizes['masks']:,}, "
-        f"floats {sizes['floats']:,}, checksum {sizes['checksum']}) from run {rec.run_id}"
+        f"floats {sizes['floats']:,}, checksum {sizes['checksum']}) from run {rec.run_id}", file=out
     )
-    print(f"check it with `sltlab inspect {args.output} --verify`; load it with sltlab.load_ticket()")
+    if args.output != STDOUT:
+        print(f"check it with `sltlab inspect {args.output} --verify`; load it with sltlab.load_ticket()")
     return 0

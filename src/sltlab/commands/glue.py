@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from sltlab.errors import ConfigError, DataError
-from sltlab.runs.config import comma_list, load_toml
-from sltlab.tasks.glue import get_task, glue_root, load_split
+from sltlab.runs.config import load_toml, table
+from sltlab.tasks.glue import glue_root
 from sltlab.tasks.glue_run import METHODS, QUICK, GlueRunConfig, GlueSweepConfig, glue_cells
 from sltlab.tasks.tokenize import load_pretrained
 
@@ -39,14 +39,17 @@ SWEEP_KEYS = {"tasks", "methods", "norms", "seeds", "score_seeds", "run", "metho
 
 def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
     """The sweep from CONFIG (if any), then --quick, the lists given on the command line and --set."""
-    from sltlab.commands.common import apply_sets, config_path, parse_seeds
+    from sltlab.commands.common import apply_sets, config_path, parse_names, parse_seeds
 
     data: dict[str, Any] = {}
     path = config_path(args)
     if path:
         raw = load_toml(path)
-        data = dict(raw.get("sweep", raw))
-    run = dict(data.get("run", {}))
+        data = dict(table(raw, "sweep", "sweep")) if "sweep" in raw else raw
+    for key in ("method", "task"):  # per-method / per-task tables of settings
+        for name in table(data, key, f"sweep.{key}"):
+            table(data[key], name, f"sweep.{key}.{name}")
+    run = dict(table(data, "run", "sweep.run"))
     if args.quick:
         run = {**QUICK, **run}
     data["run"] = run
@@ -57,12 +60,11 @@ def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
     for key, value in (("device", args.device), ("precision", args.precision)):
         if value is not None:
             data["run"][key] = value
-    if args.task:
-        data["tasks"] = comma_list(args.task)
-    if args.method:
-        data["methods"] = comma_list(args.method)
-    if args.norm:
-        data["norms"] = comma_list(args.norm)
+    for flag, key, value in (("--task", "tasks", args.task), ("--method", "methods", args.method),
+                             ("--norm", "norms", args.norm)):
+        names = parse_names(value, flag)
+        if names is not None:
+            data[key] = names
     seeds = parse_seeds(args.seeds)
     if seeds is not None:
         data["seeds"] = seeds
@@ -72,27 +74,54 @@ def build_sweep(args: argparse.Namespace) -> GlueSweepConfig:
 
 
 def check_data(cells: list[GlueRunConfig], data_dir: str | None) -> None:
-    """Read every local split the sweep will use once, before the store is opened: a missing file, a bad byte or a
-    malformed row is then one error naming the file and line, not a failure found hours into the sweep. (Reading is
-    a few seconds even for MNLI; the cells' tokenisation and training are what cost.)"""
-    for name in sorted({c.tokenizer for c in cells if Path(c.tokenizer).suffix == ".json"}):
-        # a tokenizer.json given with --set tokenizer=...: parsed now, not per cell (and a missing one is not looked
-        # up on the Hugging Face hub as a model name)
-        if not Path(name).is_file():
-            raise DataError(f"tokenizer file {name} does not exist (set by `tokenizer`)")
-        load_pretrained(name)
+    """Read every local split the sweep will use once, before the store is opened: a missing file, a bad byte, a
+    header-only file or a malformed row or label is then one error naming the file and line, not a failure found
+    hours into the sweep. (Reading is a few seconds even for MNLI; the cells' tokenisation and training are what
+    cost.) A tokenizer the cells name is loaded now too, from local files only: sltlab downloads nothing."""
+    from sltlab.commands.common import check_glue_splits
+
+    for name in sorted({c.tokenizer for c in cells if c.tokenizer}):
+        check_tokenizer(name)
+    check_glue_splits(sorted({c.task for c in cells if c.source == "local"}), data_dir)
+
+
+def check_model_sizes(cfgs: list[GlueRunConfig]) -> None:
+    """Every distinct model shape within the parameter budget (sltlab.tickets.spec.check_size), before any cell."""
+    from sltlab.tasks.glue import get_task
+    from sltlab.tasks.glue_run import model_spec
+    from sltlab.tickets.spec import check_size
+
     seen = set()
-    for c in cells:
-        if c.source != "local" or c.task in seen:
-            continue
-        seen.add(c.task)
-        info = get_task(c.task)
-        for split in ("train", *info.dev_splits):
-            load_split(info.name, split, data_dir)
+    for cfg in cfgs:
+        key = (cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.d_ff, cfg.max_len, cfg.vocab_size, cfg.task, cfg.fold)
+        if key not in seen:
+            seen.add(key)
+            check_size(model_spec(cfg, cfg.vocab_size, get_task(cfg.task).n_outputs), "run.d_model")
+
+
+def check_tokenizer(name: str) -> None:
+    """A tokenizer.json file, a local tokenizer folder, or a Hugging Face name already in the local cache."""
+    p = Path(name).expanduser()
+    if p.suffix == ".json" or p.is_file():
+        if not p.is_file():
+            raise DataError(f"tokenizer file {name} does not exist (set by `tokenizer`)")
+        load_pretrained(str(p))
+        return
+    if p.is_dir():
+        load_pretrained(str(p))
+        return
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, no such name, a broken cache: all mean "not here"
+        raise DataError(f"tokenizer {name!r} is neither a tokenizer.json file nor a local folder, and no cached "
+                        "Hugging Face tokenizer has that name; sltlab downloads nothing: save it locally (e.g. "
+                        "AutoTokenizer.from_pretrained(NAME).save_pretrained(DIR)) and set tokenizer = DIR") from None
 
 
 def handler(args: argparse.Namespace) -> int:
-    from sltlab.commands.common import dry_run, exec_options
+    from sltlab.commands.common import check_devices, dry_run, exec_options
     from sltlab.runs.store import Store
     from sltlab.tasks.glue_run import run_study
 
@@ -106,6 +135,8 @@ def handler(args: argparse.Namespace) -> int:
     if not any(c.arg.cfg.source == "hf" for c in cells):
         glue_root(args.data_dir)  # a missing --data-dir / $SLTLAB_DATA is one error, not one per cell
     check_data([c.arg.cfg for c in cells], args.data_dir)
+    check_devices([c.arg.cfg.device for c in cells], "run.device", args)
+    check_model_sizes([c.arg.cfg for c in cells])
     opts = exec_options(args)
     with Store(store) as st:
         report = run_study(sweep, st, opts, args.data_dir)
@@ -120,8 +151,8 @@ def _dry_run_grid(sweep: GlueSweepConfig, cells: list[Any], store: str, data_dir
     from sltlab.tasks.selection import dry_plan
 
     grid = glue_cells(sweep.grid_cells(), data_dir)
-    if Path(store).is_file():
-        with Store(store) as st:
+    if Path(store).exists():  # read-only: a dry run creates, migrates and switches nothing
+        with Store(store, readonly=True) as st:
             rows, waiting = dry_plan(grid, cells, sweep.grid_spec(), st)
     else:
         rows, waiting = dry_plan(grid, cells, sweep.grid_spec(), None)

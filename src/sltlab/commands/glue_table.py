@@ -8,7 +8,9 @@ import csv
 import hashlib
 import io
 import json
+import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -48,8 +50,31 @@ def _setting_labels(records: list[RunRecord]) -> dict[tuple[str, str], str]:
     return labels
 
 
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def usable(records: list[RunRecord]) -> tuple[list[RunRecord], list[str]]:
+    """The records a table can use (task, method, norm and seed set; a finite `main` score), and what is wrong with
+    the others ("run id: reason"): a store's rows are input, not a promise."""
+    good, bad = [], []
+    for r in records:
+        c, m = r.config, r.metrics
+        missing = [k for k in ("task", "method", "norm") if not isinstance(c.get(k), str)]
+        if isinstance(c.get("seed"), bool) or not isinstance(c.get("seed"), int):
+            missing.append("seed")
+        main = m.get("main")
+        if missing:
+            bad.append(f"{r.run_id}: config lacks {missing[0]}")
+        elif isinstance(main, bool) or not isinstance(main, int | float) or not math.isfinite(main):
+            bad.append(f"{r.run_id}: metrics.main is {main!r}")
+        else:
+            good.append(r)
+    return good, bad
 
 
 def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -69,8 +94,8 @@ def summarise(records: list[RunRecord]) -> list[dict[str, Any]]:
             by_seed[int(r.config["seed"])].append(float(r.metrics["main"]))
         main = [statistics.fmean(v) for _, v in sorted(by_seed.items())]
         mean, std = _mean_std(main)
-        dens = [float(r.metrics["density"]) for r in recs if "density" in r.metrics]
-        wall = [float(r.timings.get("total_s", 0.0)) for r in recs]
+        dens = [float(r.metrics["density"]) for r in recs if _finite(r.metrics.get("density"))]
+        wall = [float(r.timings["total_s"]) for r in recs if _finite(r.timings.get("total_s"))] or [0.0]
         c = recs[0].config
         rows.append(
             {
@@ -145,11 +170,18 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
 
 def handler(args: argparse.Namespace) -> int:
     if args.out:
-        check_output_dir("--out", args.out)
+        check_output_dir("--out", args.out, ("glue_table.md", "glue_table.csv"))
     check_store_file("--store", args.store)
-    with Store(args.store) as store:
+    with Store(args.store, readonly=True) as store:
         records = store.runs("glue", status="finished")
         n_diverged = len(store.runs("glue", status="diverged"))
+        note = store.corrupt_note()
+    records, unusable = usable(records)
+    if note:
+        print(f"sltlab: warning: {note}", file=sys.stderr)
+    if unusable:
+        print(f"sltlab: warning: skipped {len(unusable)} glue run(s) without the settings or score a table needs: "
+              f"{unusable[0]}", file=sys.stderr)
     if n_diverged:
         print(f"note: {n_diverged} diverged glue run(s) left out (sltlab runs list --kind glue --status diverged)")
     if args.task:

@@ -113,7 +113,11 @@ def mask_table(parts, limit: int) -> list[str]:  # noqa: ANN001
 
 
 def main(args: argparse.Namespace) -> int:
+    from sltlab.errors import ConfigError
     from sltlab.tickets.artifact import read_ticket, verify_parts
+
+    if args.masks < 0:
+        raise ConfigError("--masks", f"{args.masks} masks", "an integer >= 0 (0 = totals only)")
 
     parts = read_ticket(args.ticket)
     print(f"{args.ticket}: " + "\n".join(describe(parts)))

@@ -68,20 +68,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from sltlab.commands.common import dry_run, load_config, parse_seeds, run_and_report
-    from sltlab.runs.config import comma_list, from_dict
+    from sltlab.commands.common import check_devices, dry_run, load_config, parse_names, parse_seeds, run_and_report
+    from sltlab.runs.config import from_dict
     from sltlab.runs.store import Store
     from sltlab.tasks.lm_run import LMStudy, study_cells
 
     data = load_config(args)
     overrides = {name: getattr(args, name) for name, _ in _FLAGS}
-    overrides.update(methods=comma_list(args.methods), seeds=parse_seeds(args.seeds), store=args.store,
+    overrides.update(methods=parse_names(args.methods, "--methods"), seeds=parse_seeds(args.seeds), store=args.store,
                      device=args.device, precision=args.precision)
     data.update({k: v for k, v in overrides.items() if v is not None})
     study = from_dict(LMStudy, data, prefix="lm")
     cells = study_cells(study, args.data_dir)
     if args.dry_run:
         return dry_run(cells, study.store)
+    from sltlab.tickets.spec import check_size
+
+    for run in study.cells():  # the largest model (dense may have its own width) within the budget
+        check_size(run.spec(), "lm.d_model")
+    check_devices(study.device, "lm.device", args)
     # The text is read here, before the store is opened and a run started: a missing or too short file is the
     # input's fault, not a failed run's (reading it twice costs well under a second for these corpora).
     from sltlab.tasks.text import check_length, load_corpus
@@ -94,15 +99,16 @@ def main(args: argparse.Namespace) -> int:
         f"-> {study.store}"
     )
     report = run_and_report(cells, study.store, args)
-    with Store(study.store) as store:
+    with Store(study.store, readonly=True) as store:
         records = [r for r in (store.get(i) for i in report.run_ids) if r.status == "finished"]
     print("\n| method | seed | val bpb | tokens/s | density | artifact bytes | train s | run |")
     print("|---|---|---|---|---|---|---|---|")
     for r in records:
         m, c = r.metrics, r.config
         name = c["method"] + ("+scales" if c.get("scales") else "")
+        speed = r.timings.get("tokens_per_s", m.get("tokens_per_s", 0))  # runs made before it was a timing
         print(
-            f"| {name} | {c['seed']} | {m['val_bpb']:.4f} | {m['tokens_per_s']:.0f} | {m['density']:.3f} | "
+            f"| {name} | {c['seed']} | {m['val_bpb']:.4f} | {speed:.0f} | {m['density']:.3f} | "
             f"{m.get('artifact_bytes', 0):,} | {r.timings.get('train_s', 0):.0f} | {r.run_id} |"
         )
     return 0 if report.ok else 1

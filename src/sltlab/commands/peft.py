@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sltlab.errors import ConfigError
-from sltlab.runs.config import comma_list, from_dict, load_toml
+from sltlab.runs.config import comma_list, from_dict, load_toml, table
 from sltlab.runs.store import Store
 
 EPILOG = """\
@@ -58,7 +58,9 @@ def _shard(text: str | None) -> tuple[int, int]:
 
 
 def _methods(args: argparse.Namespace) -> list[str] | None:
-    methods = comma_list(args.method)
+    from sltlab.commands.common import parse_names
+
+    methods = parse_names(args.method, "--method")
     if methods is None:
         if args.fraction or args.mask_source:
             raise ConfigError(
@@ -97,32 +99,35 @@ def _methods(args: argparse.Namespace) -> list[str] | None:
 
 def build_sweep(args: argparse.Namespace):  # -> SweepConfig
     """The sweep from --config (if any), then --quick and the command-line lists."""
+    from sltlab.commands.common import parse_names, parse_seeds
     from sltlab.runs.config import apply_sets
     from sltlab.tasks.peft import SweepConfig
 
     data: dict[str, Any] = {}
     if args.config:
         raw = load_toml(args.config)
-        data = dict(raw.get("sweep", raw))
+        data = dict(table(raw, "sweep", "sweep")) if "sweep" in raw else raw
     # --set: sweep keys as they are, anything else is a run setting (base.*), e.g. --set epochs=2
     sweep_keys = {"tasks", "methods", "seeds", "extra_methods", "lr_select", "lr_grid", "base", "device",
                   "precision", "deterministic"}
     apply_sets(data, [x for x in args.sets if x.partition("=")[0].split(".")[0] in sweep_keys])
-    base = dict(data.get("base", {}))
+    base = dict(table(data, "base", "sweep.base"))
+    for method, lrs in table(data, "lr_grid", "sweep.lr_grid").items():
+        values = lrs if isinstance(lrs, list) else [lrs]
+        if not values or any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+            raise ConfigError(f"sweep.lr_grid.{method}", f"got {lrs!r}", "a number or a non-empty list of numbers")
     apply_sets(base, [x for x in args.sets if x.partition("=")[0].split(".")[0] not in sweep_keys])
     if args.quick:
         base = {**base, **QUICK}
     if args.model:
         base["model"] = str(Path(args.model).expanduser())
     data["base"] = base
-    if args.task:
-        data["tasks"] = comma_list(args.task)
+    if args.task is not None:
+        data["tasks"] = parse_names(args.task, "--task")
     methods = _methods(args)
     if methods is not None:
         data["methods"] = methods
         data["extra_methods"] = []
-    from sltlab.commands.common import parse_seeds
-
     seeds = parse_seeds(args.seeds)
     if seeds is not None:
         data["seeds"] = seeds
@@ -157,7 +162,10 @@ def export_handler(args: argparse.Namespace) -> int:
     from sltlab.runs.checks import check_store_file
 
     store = check_store_file("--store", args.store or "runs/sltlab.db")
-    with Store(store) as opened:
+    from sltlab.runs.checks import check_output_dir
+
+    check_output_dir("--peft", args.peft)
+    with Store(store, readonly=True) as opened:
         what, folder = export_run(opened, args.words[1], args.peft)
     print(f"wrote {what} to {folder}")
     return 0
@@ -181,15 +189,27 @@ def handler(args: argparse.Namespace) -> int:
     shard = _shard(args.shard)
     store_path = Path(args.store or "runs/sltlab.db")
     if args.dry_run:
-        existing = Store(store_path) if store_path.is_file() else None
+        existing = Store(store_path, readonly=True) if store_path.exists() else None
         try:
             cells = sweep_cells(sweep, existing, args.data_dir, shard)
         finally:
             if existing is not None:
                 existing.close()
         return dry_run(cells, store_path)
+    if args.no_run:
+        if not args.report:
+            raise ConfigError("--no-run", "given without --report: nothing to do", "--no-run --report FILE")
+        from sltlab.runs.checks import check_store_file
+
+        check_store_file("--store", store_path)
+    else:
+        from sltlab.commands.common import check_devices, check_glue_splits
+
+        # every split read now, before the store is opened: a bad row is one line, not a failed cell per run
+        check_glue_splits([t for i, t in enumerate(sweep.tasks) if i % shard[1] == shard[0]], args.data_dir)
+        check_devices([sweep.device, str(sweep.base.get("device", "cpu"))], "device", args)
     opts = exec_options(args)
-    store = Store(store_path)
+    store = Store(store_path, readonly=args.no_run)
     if not args.no_run:
         ids = run_sweep(sweep, store, data_dir=args.data_dir, progress=opts.progress, shard=shard, options=opts)
         print(f"{len(ids)} runs finished in {store.path}")

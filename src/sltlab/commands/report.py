@@ -6,6 +6,7 @@ Every section reads what the store holds; a partial or empty store gives a repor
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sltlab.errors import ConfigError
 
@@ -15,6 +16,9 @@ EPILOG = """examples:
   sltlab report --also runs/glue_quick.db --also runs/peft_quick.db
   sltlab report --store runs/sltlab.db --data-dir ../shared/data --attention-runs 5
 outputs: OUT/report.html (self-contained), OUT/report.md, OUT/figures/*.png, OUT/report.json
+The stores are only read. A rebuild replaces only the files the previous build wrote (listed in
+OUT/.sltlab-manifest.json): other files in OUT, your own figures included, are never touched, and a build stopped
+part-way leaves the previous report whole.
 """
 
 
@@ -25,12 +29,20 @@ def _handler(args: argparse.Namespace) -> int:
         raise ConfigError("--attention-runs", f"{args.attention_runs} must be at least 1", "an integer >= 1")
     if args.n_inputs < 1:
         raise ConfigError("--n-inputs", f"{args.n_inputs} must be at least 1", "an integer >= 1")
+    from sltlab.report.build import PAGES
     from sltlab.runs.checks import check_output_dir, check_store_file
+    from sltlab.runs.io import MANIFEST, refuse_special
 
-    check_output_dir("--out", args.out)
+    check_output_dir("--out", args.out, (*PAGES, MANIFEST))
+    refuse_special("--out", Path(args.out) / "figures")
     check_store_file("--store", args.store)
+    seen = [Path(args.store).resolve()]
     for extra in args.also:
         check_store_file("--also", extra)
+        if Path(extra).resolve() in seen:
+            what = "the --store itself" if Path(extra).resolve() == seen[0] else "given twice"
+            raise ConfigError("--also", f"{extra} is {what}; its runs would count twice", "other stores")
+        seen.append(Path(extra).resolve())
     log = (lambda _m: None) if args.quiet else print
     res = build_report(
         args.store,

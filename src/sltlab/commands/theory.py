@@ -95,20 +95,50 @@ def _print_summary(name: str, summary: dict[str, Any]) -> None:
             print(f"  {key}: {val}")
 
 
+def check_sizes(cfg: TheoryConfig, experiment: str) -> None:
+    """The widest attention each chosen experiment builds is within the parameter budget
+    (sltlab.tickets.spec.check_size): widths and d_model are bounded one by one by the schema, their product here."""
+    from sltlab.nn.transformer import ModelConfig
+    from sltlab.tickets.spec import ModelSpec, check_size
+
+    def mha(d: int, heads: int, width: int, blocks: int = 1) -> ModelSpec:
+        return ModelSpec("stack" if blocks > 1 else "mha",
+                         ModelConfig(d_model=d, n_heads=1, n_layers=blocks, n_k=width, n_v=width, mlp=False))
+
+    w, t, a, q, m = cfg.width, cfg.threshold, cfg.angular, cfg.seqlen, cfg.warmstart
+    shapes = {
+        "width": ("theory.width.widths", mha(w.d_model, w.heads, w.heads * max(w.widths + w.search_widths))),
+        "threshold": ("theory.threshold.per_coordinate",
+                      mha(max(t.d_models), t.heads, t.heads * max(t.d_models) * max(t.per_coordinate))),
+        # the angular-velocity task's attention works on 2-dimensional inputs
+        "angular": ("theory.angular.widths", mha(2, 1, max(a.widths + a.stack_widths), max(a.blocks))),
+        "seqlen": ("theory.seqlen.widths", mha(2, 1, max(q.widths), q.blocks)),
+        "warmstart": ("theory.warmstart.widths", mha(m.d_model, m.heads, m.heads * max(m.widths))),
+    }
+    for name, (field, spec) in shapes.items():
+        if experiment in (name, "all"):
+            check_size(spec, field)
+
+
 def handle(args: argparse.Namespace) -> int:
     import contextlib
     import tempfile
 
-    from sltlab.commands.common import config_path, dry_run, parse_seeds, run_and_report
+    from sltlab.commands.common import check_devices, config_path, dry_run, parse_seeds, run_and_report
     from sltlab.tasks.theory.runner import Collector
 
     if args.experiment not in (*EXPERIMENTS, "all"):
         raise ConfigError("experiment", f"unknown experiment {args.experiment!r}", " | ".join((*EXPERIMENTS, "all")))
-    cfg = load_config(config_path(args), sets=args.sets, seeds=parse_seeds(args.seeds))
+    where = [f"{k}={v}" for k, v in (("device", args.device), ("precision", args.precision)) if v is not None]
+    cfg = load_config(config_path(args), sets=[*args.sets, *where], seeds=parse_seeds(args.seeds))
+    check_sizes(cfg, args.experiment)
+    if not args.dry_run:  # before the first pass, which already costs a moment per experiment
+        check_output_dir("--out-dir", args.out_dir)
+        check_devices(cfg.device, "theory.device", args)  # the searched cells run there; constructions on the CPU
     store_path = Path(args.store or "runs/sltlab.db")
     names = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
     # First pass: every experiment names its cells (placeholders stand in for missing metrics).
-    collector = Collector(Store(store_path) if store_path.is_file() else None)
+    collector = Collector(Store(store_path, readonly=True) if store_path.exists() else None)
     with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in names:
@@ -118,7 +148,7 @@ def handle(args: argparse.Namespace) -> int:
         collector.store.close()
     if args.dry_run:
         return dry_run(collector.cells, store_path)
-    out = check_output_dir("--out-dir", args.out_dir)
+    out = Path(args.out_dir)
     report = run_and_report(collector.cells, store_path, args)
     out.mkdir(parents=True, exist_ok=True)
     if not report.ok:

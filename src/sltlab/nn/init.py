@@ -157,6 +157,7 @@ def init_model(model: nn.Module, spec: InitSpec) -> nn.Module:
     """Overwrite every parameter of `model` from `spec`: weights by the scheme, biases 0, norm gains and scales 1.
 
     Works on any nn.Module (ours or a Hugging Face one). Supermask scores are left alone: they have their own seed.
+    The spec is recorded on the model (`model._sltlab_init`), where `sltlab.save_ticket` finds it.
     Scheme golf sets biases 0 as every scheme does (its "zeros for 1-D parameters"); norm gains and scales 1.
     """
     n_k_of = {name: getattr(m, "head_dim_qk", None) for name, m in model.named_modules()}
@@ -175,4 +176,6 @@ def init_model(model: nn.Module, spec: InitSpec) -> nn.Module:
             p.zero_()
         else:
             p.fill_(1.0)
+    # remembered, so sltlab.save_ticket(model, path) need not be told again what drew the weights
+    model._sltlab_init = spec
     return model

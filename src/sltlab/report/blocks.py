@@ -99,14 +99,13 @@ class Section:
 
 
 class Figures:
-    """Writes PNGs under out/figures and remembers their bytes for the HTML."""
+    """Writes PNGs under out/figures and remembers their bytes for the HTML. `out` is the build's staging folder
+    (sltlab.runs.io.publish moves them into place); figures of an earlier build are removed by its manifest there,
+    never by a pattern, so PNGs a user keeps in the folder stay."""
 
     def __init__(self, out: Path):
         self.dir = out / "figures"
         self.dir.mkdir(parents=True, exist_ok=True)
-        # Figures of an earlier build of a bigger store would otherwise linger beside the new report.
-        for stale in self.dir.glob("*.png"):
-            stale.unlink()
         self.data: dict[str, bytes] = {}
 
     def add(self, name: str, png: bytes) -> str:

@@ -1,11 +1,19 @@
-"""`build_report`: read the stores, run every section, write report.md, report.html and report.json."""
+"""`build_report`: read the stores, run every section, write report.md, report.html and report.json.
+
+The stores are opened read-only. The build writes into a staging folder inside the output folder and publishes it
+(sltlab.runs.io.publish): figures first, pages last, then the previous build's own files that this one no longer
+writes are deleted, by the folder's manifest. A build stopped part-way leaves the previous pages and every figure
+they link; files the user put in the folder are never touched. Rows a store holds that are not what sltlab writes
+are skipped and listed in report.json (`skipped_rows`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +28,11 @@ from sltlab.report.sections_consistency import section_consistency
 from sltlab.report.sections_imp import section_imp
 from sltlab.report.sections_overview import section_overview
 from sltlab.report.sections_tasks import section_tasks
+from sltlab.runs.io import publish, staging_dir
 from sltlab.runs.store import RunRecord, Store, atomic_write_text
+
+#: Written last when a build is published, so they never link a figure that is not there yet.
+PAGES = ("report.json", "report.md", "report.html")
 
 
 @dataclass
@@ -86,9 +98,8 @@ def build_report(
             "configs/approx_quick.toml`) or pass --store PATH"
         )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     say = log or (lambda _m: None)
-    with Store(store_path) as store:
+    with Store(store_path, readonly=True) as store, _staging(out) as staging:
         from contextlib import ExitStack
 
         runs: dict[str, list[RunRecord]] = defaultdict(list)
@@ -99,7 +110,7 @@ def build_report(
             for extra in extra_stores or []:
                 if not Path(extra).is_file():
                     raise StoreError(f"no store at {extra} (given with --also); fix the path or drop it")
-                stores.append(extra_stack.enter_context(Store(extra)))
+                stores.append(extra_stack.enter_context(Store(extra, readonly=True)))
             for st in stores:
                 for r in st.runs(None):
                     if r.run_id in seen:  # the same run in two stores (or a store given twice) counts once
@@ -107,19 +118,34 @@ def build_report(
                     seen.add(r.run_id)
                     runs[r.kind].append(r)
                     owners[r.run_id] = st
-            ctx = ReportContext(store, out, Figures(out), data_dir, n_inputs, max_attention_runs, progress,
+            notes = [note for st in stores if (note := st.corrupt_note())]
+            for note in notes:
+                say(f"report: {note}")
+            ctx = ReportContext(store, out, Figures(staging), data_dir, n_inputs, max_attention_runs, progress,
                                 owners=owners)
             sections = _sections(ctx, runs, stores, say)
             md, page = render(sections, ctx.figures, "sltlab report: LayerNorm and strong lottery tickets")
-        atomic_write_text(out / "report.md", md)
-        atomic_write_text(out / "report.html", page)
-        summary = jsonable({**ctx.summary, "missing": ctx.missing, "store": str(store_path)})
-        atomic_write_text(out / "report.json", json.dumps(summary, indent=1, sort_keys=True))
+        atomic_write_text(staging / "report.md", md)
+        atomic_write_text(staging / "report.html", page)
+        summary = jsonable({**ctx.summary, "missing": ctx.missing, "store": str(store_path),
+                            **({"skipped_rows": notes} if notes else {})})
+        atomic_write_text(staging / "report.json", json.dumps(summary, indent=1, sort_keys=True))
+        publish(staging, out, last=PAGES)
         return ReportResult(
             out / "report.html",
             out / "report.md",
             out / "report.json",
-            [ctx.figures.dir / n for n in ctx.figures.data],
+            [out / "figures" / n for n in ctx.figures.data],
             summary,
             ctx.missing,
         )
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """The build's own folder inside `out`, removed afterwards whether it was published or not."""
+    staging = staging_dir(out)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -282,7 +282,7 @@ def _fisher_tables(sweep: SweepConfig, store: Store) -> tuple[dict[str, Any], li
     for t in sorted(set(sweep.tasks) | set(cfg.fisher_tasks)):
         fcfg = fisher_config(cfg, t)
         rid = _run_id("peft-fisher", fcfg)
-        path = store.artifact_dir(rid) / "fisher.safetensors"
+        path = store.artifact_path(rid) / "fisher.safetensors"
         if store.is_finished(rid) and path.is_file():
             per_task[t] = fisher_mod.load_fisher(path)
     if not per_task:
@@ -420,7 +420,7 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
             allm = ", ".join(f"{n} {100 * np.mean([r.metrics[n] for r in c.runs]):.1f}" for n in names)
             seeds = ", ".join(f"s{s}: {v:.1f}" for s, v in c.scores.items())
             m = c.runs[0].metrics
-            wall = np.mean([r.metrics["wall_s"] for r in c.runs])
+            wall = np.mean([r.timings.get("wall_s", r.metrics.get("wall_s", 0.0)) for r in c.runs])
             lines.append(
                 f"| {t} | {lab} | {c.lr:g} | {seeds} | {allm} | {m['trainable']:,} | "
                 f"{100 * m['share']:.4f}% | {wall:.0f} |"

@@ -98,7 +98,7 @@ def section_imp(ctx: ReportContext, glue: list[RunRecord]) -> Section:
     for rec in sorted(multi, key=lambda r: (_group_label(r), r.config.get("norm") != "none", r.config.get("seed"))):
         c = rec.config
         try:
-            rounds = load_imp_rounds(ctx.store.path.parent / "artifacts" / rec.run_id)
+            rounds = load_imp_rounds(ctx.store.artifact_path(rec.run_id))
         except SltlabError as err:
             bad.append(f"{rec.run_id}: {err}")
             rounds = None

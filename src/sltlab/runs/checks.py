@@ -2,7 +2,9 @@
 CSV because `--out` names a file (a failed write also left a temporary file behind), and a command that only reads a
 store must not create an empty one where the user mistyped its path.
 
-Each check names the option the user wrote (`field`); nothing is created here.
+Each check names the option the user wrote (`field`); nothing is created here. A target that is a symlink, FIFO,
+socket or device is refused (sltlab.runs.io: only regular files are replaced); `-` means standard output where the
+option allows it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 from pathlib import Path
 
 from sltlab.errors import ConfigError, StoreError
+from sltlab.runs.io import STDOUT, refuse_special
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -31,9 +34,17 @@ def _check_creatable(field: str, p: Path, what: str) -> None:
                           "a path in a folder you can write to")
 
 
-def check_output_dir(field: str, path: str | os.PathLike) -> Path:
-    """`path` is a writable folder or can be made one."""
+def check_output_dir(field: str, path: str | os.PathLike, files: tuple[str, ...] = ()) -> Path:
+    """`path` is a writable folder or can be made one; none of the `files` the command will write there is a
+    symlink, FIFO or device (sltlab replaces only regular files)."""
     p = Path(path).expanduser()
+    for name in files:
+        refuse_special(field, p / name)
+        if (p / name).is_dir():
+            raise ConfigError(field, f"{str(p / name)!r} is a folder where the command writes a file",
+                              "an output folder without it")
+    if p.is_symlink() and not p.is_dir():
+        raise ConfigError(field, f"{str(p)!r} is a symbolic link to no folder", "a folder path (created if missing)")
     if p.exists():
         if not p.is_dir():
             raise ConfigError(field, f"{str(p)!r} is a file, not a folder", "a folder path (created if missing)")
@@ -44,9 +55,13 @@ def check_output_dir(field: str, path: str | os.PathLike) -> Path:
     return p
 
 
-def check_output_file(field: str, path: str | os.PathLike) -> Path:
-    """`path` can be written (atomically, through a sibling temporary file): not a folder, its folder writable."""
+def check_output_file(field: str, path: str | os.PathLike, stdout_ok: bool = False) -> Path:
+    """`path` can be written (atomically, through a sibling temporary file): a regular file or absent, not a folder,
+    its folder writable. With stdout_ok, `-` (standard output) passes."""
+    if stdout_ok and str(path) == STDOUT:
+        return Path(STDOUT)
     p = Path(path).expanduser()
+    refuse_special(field, p, stdout_ok)
     if p.is_dir():
         raise ConfigError(field, f"{str(p)!r} is a folder, not a file", "a file path, e.g. out/ticket.slt")
     if p.parent.exists():
@@ -62,10 +77,16 @@ def check_output_file(field: str, path: str | os.PathLike) -> Path:
 
 
 def check_store_file(field: str, path: str | os.PathLike) -> Path:
-    """An existing store file, for commands that only read one (a missing path must not become a new empty store)."""
+    """An existing sltlab store, for commands that only read one (a missing path must not become a new empty store,
+    and a file that is not a store is refused before any work): opened read-only and closed."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise StoreError(f"{field} {p} is a directory, not a store file; pass e.g. {p}/sltlab.db")
     if not p.is_file():
+        if p.exists():
+            raise StoreError(f"{field} {p} is not a regular file (a FIFO or device?); pass the path of a store")
         raise StoreError(f"no store at {p} ({field}); run a study first or pass {field} PATH")
+    from sltlab.runs.store import Store
+
+    Store(p, readonly=True).close()
     return p

@@ -1,4 +1,5 @@
-"""Where a cell runs and in which arithmetic: the `device`, `precision` and `deterministic` fields every study shares.
+"""Where a cell runs and in which arithmetic: the `device`, `precision` and `deterministic` fields every study shares,
+declared once in `Where`, which every study config inherits.
 
 - device: "auto" (CUDA when torch sees a GPU, else the CPU), "cpu", "cuda" or "cuda:N". Seeded weights are always
   drawn on the CPU in float32 (bit-exact anywhere) and moved once; everything made later is made on the model's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -170,6 +172,30 @@ def where_fields(device: str, precision: str, deterministic: bool) -> dict[str, 
     if deterministic:
         out["deterministic"] = True
     return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Where:
+    """The `device`, `precision` and `deterministic` fields, declared once: every study config inherits them
+    (keyword-only, so they follow the config's own fields and never shift its positional ones). A config names
+    them in its errors with its own prefix (`check_where("study.")`), puts `where_id()` into its run ids (nothing at
+    the defaults, so ids made before these fields existed stay as they were) and folds `where_fields()` into the
+    settings of its cells."""
+
+    device: str = DEVICE_DEFAULT
+    precision: str = PRECISION_DEFAULT
+    deterministic: bool = False
+
+    def check_where(self, prefix: str = "") -> None:
+        """Syntax only (a config may be written on a machine without the GPU it is meant for)."""
+        check_device_name(self.device, f"{prefix}device")
+        check_precision(self.precision, f"{prefix}precision")
+
+    def where_id(self) -> dict[str, Any]:
+        return run_id_fields(self.device, self.precision, self.deterministic)
+
+    def where_fields(self) -> dict[str, Any]:
+        return where_fields(self.device, self.precision, self.deterministic)
 
 
 def sync(device: torch.device) -> None:

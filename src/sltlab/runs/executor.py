@@ -7,7 +7,9 @@ every study, written once:
 - only this driver writes the store; workers return a `CellResult` (metrics, timings, curves, artifact bytes), so
   a cluster needs no shared disk and SQLite's one-host rule holds;
 - a cell is *claimed* just before it is sent out, so two sweeps on one store share the work instead of doing it
-  twice, and a run whose owner died is taken over;
+  twice, and a run whose owner died is taken over; a sweep waits for the cells another live sweep is running
+  (shown in its progress bar) and takes over any that sweep leaves unfinished, so both end with the whole study
+  (`ExecOptions.wait`; off, they are left to the other sweep);
 - a cell that raises is recorded `failed` and the sweep goes on; a `DivergedError` is a result (`diverged`);
   a worker that dies (kill -9, out of memory) has its cell retried `retries` times, then recorded failed;
 - Ctrl-C stops the workers, keeps every finished cell and marks the running ones `interrupted`.
@@ -40,6 +42,10 @@ from sltlab.runs.store import Store, atomic_write_bytes, make_run_id, owner_id
 
 EXECUTORS = ("serial", "local", "ray")
 ExecutorName = Literal["serial", "local", "ray"]
+WORKERS_PER_CORE = 4
+THREADS_PER_CORE = 4
+MAX_RAY_THREADS = 1024
+MAX_RETRIES = 100
 
 
 # ---------------------------------------------------------------------------------------------------------- cells
@@ -332,21 +338,52 @@ def _ray_ready() -> bool:
     return bool(ray is not None and ray.is_initialized())
 
 
-def _probe(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds, with the flag named, where Ray itself would retry an unreachable address for minutes."""
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS
+
+
+def connect_timeout(default: float = 5.0) -> float:
+    """Seconds to wait for a remote endpoint (a Ray head, a tracking server): $SLTLAB_CONNECT_TIMEOUT, else
+    `default`."""
+    try:
+        value = float(os.environ.get("SLTLAB_CONNECT_TIMEOUT", default))
+    except ValueError:
+        return default
+    return value if 0 < value < 3600 else default
+
+
+def _probe(address: str, timeout: float | None = None) -> None:
+    """Fail in seconds, with the flag named, where Ray itself would retry an unreachable address for minutes.
+
+    Beyond a TCP connect, the peer must speak gRPC (HTTP/2), as Ray's GCS (HOST:6379) and its client server
+    (ray://HOST:10001) do: to the HTTP/2 preface it answers with a SETTINGS frame. A port that accepts connections
+    but speaks something else (an HTTP/1 server, a database, a port nothing reads) made ray.init() hang for minutes."""
     import socket
 
+    timeout = connect_timeout() if timeout is None else timeout
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError("--address", f"{address!r} is not HOST:PORT", "auto, HOST:6379 or ray://HOST:10001")
+    accepts = ("the address of a running Ray head (`ray start --head` prints it), or no --address for a private "
+               "local Ray")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(_H2_PREFACE)
+            reply = b""
+            while len(reply) < 9:
+                chunk = sock.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+    except TimeoutError:
+        raise ConfigError("--address", f"{address} accepts connections but does not answer as Ray (gRPC) within "
+                          f"{timeout:g} s", accepts) from None
     except OSError as err:
-        raise ConfigError("--address", f"nothing answers at {address} ({err.strerror or err})",
-                          "the address of a running Ray head (`ray start --head` prints it), or no --address "
-                          "for a private local Ray") from None
+        raise ConfigError("--address", f"nothing answers at {address} ({err.strerror or err})", accepts) from None
+    if len(reply) < 9 or reply[3] != 4:  # frame type 4 = SETTINGS
+        raise ConfigError("--address", f"{address} answers, but not as Ray (gRPC/HTTP2): {reply[:16]!r}", accepts)
 
 
 def _ray_execute(cell: Cell, threads: int) -> CellResult:
@@ -359,7 +396,8 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1, retries: int = 1):
+    def __init__(self, address: str | None = None, workers: int | None = None, threads: int = 1, retries: int = 1,
+                 gpus: bool = False):
         if address and address != "auto" and not _ray_ready():
             _probe(address)
         if not address:
@@ -374,6 +412,7 @@ class RayExecutor:
         self.ray = ray
         self.threads, self.retries = threads, retries
         self._started = False
+        self._refs: dict[Any, Cell] = {}
         if not ray.is_initialized():
             # ray.init() replaces the SIGTERM handler with sys.exit(15); a handler the caller set (the CLI's, which
             # stops a sweep like Ctrl-C and exits 143) is put back, so the command stops the same whatever executor.
@@ -397,10 +436,14 @@ class RayExecutor:
             finally:
                 if callable(sigterm) and threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGTERM, sigterm)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        resources = ray.cluster_resources()
+        if gpus and not resources.get("GPU"):
+            self.close()
+            raise ConfigError("--device", f"the cells ask for CUDA but the Ray cluster at {address or 'this machine'} "
+                              "has no GPU", "cpu, or a cluster whose nodes have GPUs")
+        cpus = int(resources.get("CPU", 1))
         self.capacity = max(1, workers or cpus) if workers else max(1, cpus)
         self._remote = ray.remote(_ray_execute)
-        self._refs: dict[Any, Cell] = {}
 
     def submit(self, cell: Cell) -> None:
         ref = self._remote.options(num_cpus=cell.num_cpus, num_gpus=cell.num_gpus, max_retries=self.retries,
@@ -446,16 +489,26 @@ class ExecOptions:
     progress: bool = True
     track: str | None = None  # 'mlflow:URI': log every finished run live
     heartbeat_s: float = 20.0
+    wait: bool = True  # wait for cells another live sweep is running (then summarise everything), or leave them
+    poll_s: float = 1.0  # how often a waiting sweep looks at the other sweep's cells
 
     def validate(self) -> None:
         if self.executor not in EXECUTORS:
             raise ConfigError("--executor", f"unknown executor {self.executor!r}", " | ".join(EXECUTORS))
-        if self.workers is not None and self.workers < 1:
-            raise ConfigError("--workers", f"{self.workers} workers", "an integer >= 1 (default: the cores)")
-        if self.threads < 1:
-            raise ConfigError("--threads", f"{self.threads} threads", "an integer >= 1 (default 1)")
-        if self.retries < 0:
-            raise ConfigError("--retries", f"{self.retries} retries", "an integer >= 0 (default 1)")
+        # A cell's threads and a pool's processes run on this machine (on a Ray cluster, on its nodes): far past
+        # the cores they only contend, and torch.set_num_threads(100000) crashes the process outright. (The CLI's
+        # --threads is held to the cores themselves: commands.common.exec_options.)
+        cores = os.cpu_count() or 1
+        most_threads = MAX_RAY_THREADS if self.executor == "ray" else THREADS_PER_CORE * cores
+        if self.workers is not None and not 1 <= self.workers <= WORKERS_PER_CORE * cores:
+            raise ConfigError("--workers", f"{self.workers} workers on a machine with {cores} cores",
+                              f"an integer in [1, {WORKERS_PER_CORE * cores}] (default: the cores)")
+        if not 1 <= self.threads <= most_threads:
+            where = "per Ray task" if self.executor == "ray" else f"on a machine with {cores} cores"
+            raise ConfigError("--threads", f"{self.threads} threads {where}",
+                              f"an integer in [1, {most_threads}] (default 1)")
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise ConfigError("--retries", f"{self.retries} retries", f"an integer in [0, {MAX_RETRIES}] (default 1)")
         if self.address and self.executor != "ray":
             raise ConfigError("--address", f"given with --executor {self.executor}", "--executor ray --address ...")
 
@@ -465,7 +518,8 @@ def make_executor(opts: ExecOptions, cells: list[Cell]) -> Executor:
     if opts.executor == "serial":
         return SerialExecutor(opts.threads)
     if opts.executor == "ray":
-        return RayExecutor(opts.address, opts.workers, opts.threads, opts.retries)
+        return RayExecutor(opts.address, opts.workers, opts.threads, opts.retries,
+                           gpus=any(c.num_gpus for c in cells))
     gpus = 0
     if any(c.device.startswith("cuda") for c in cells):
         import torch
@@ -484,22 +538,26 @@ class SweepReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     diverged: dict[str, str] = field(default_factory=dict)
-    busy: list[str] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # left to another sweep (wait off)
+    elsewhere: list[str] = field(default_factory=list)  # finished by another sweep while this one waited
     wall_s: float = 0.0
     executor: str = ""
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.busy
+        """No cell failed. Cells left to another live sweep (wait off) are not failures: that sweep runs them."""
+        return not self.failed
 
     def summary(self) -> str:
         parts = [f"{len(self.ran)} ran", f"{len(self.skipped)} already done"]
+        if self.elsewhere:
+            parts.append(f"{len(self.elsewhere)} finished by another sweep")
         if self.diverged:
             parts.append(f"{len(self.diverged)} diverged")
         if self.failed:
             parts.append(f"{len(self.failed)} FAILED")
         if self.busy:
-            parts.append(f"{len(self.busy)} running in another sweep")
+            parts.append(f"{len(self.busy)} left to another sweep still running them (--no-wait)")
         text = f"{len(self.run_ids)} cells: " + ", ".join(parts) + f" ({self.executor}, {self.wall_s:.0f} s)"
         for rid, err in list(self.failed.items())[:10]:
             text += f"\n  failed {rid}: {err.splitlines()[0]}"
@@ -560,8 +618,10 @@ def run_cells(
     code = {**code_provenance(), "executor": ex.name}
     queue = deque(todo)
     running: dict[str, Cell] = {}
+    waiting: dict[str, Cell] = {}  # running in another live sweep: looked at every poll_s until done there
+    was_waiting: set[str] = set()
     t0 = time.perf_counter()
-    last_beat = time.monotonic()
+    last_beat = last_poll = time.monotonic()
     bar = tqdm(total=len(todo), desc=f"{todo[0].kind} cells", disable=not opts.progress, dynamic_ncols=True,
                unit="cell")
 
@@ -572,25 +632,35 @@ def run_cells(
             log(text)
 
     def postfix() -> None:
-        bar.set_postfix_str(f"running {len(running)}, failed {len(report.failed)}", refresh=False)
+        other = f", waiting for {len(waiting)} in another sweep" if waiting else ""
+        bar.set_postfix_str(f"running {len(running)}{other}, failed {len(report.failed)}", refresh=bool(waiting))
 
     try:
-        while queue or running:
+        while queue or running or waiting:
             while queue and len(running) < ex.capacity:
                 cell = queue.popleft()
                 rid, outcome = store.claim(cell.kind, dict(cell.config), cell.seed, owner, code)
                 if outcome == "done":
-                    report.skipped.append(rid)
+                    (report.elsewhere if rid in was_waiting else report.skipped).append(rid)
                     bar.update(1)
                     continue
                 if outcome == "busy":
-                    report.busy.append(rid)
-                    bar.update(1)
+                    if opts.wait:
+                        waiting[rid] = cell
+                        was_waiting.add(rid)
+                    else:
+                        report.busy.append(rid)
+                        bar.update(1)
                     continue
                 running[rid] = cell
                 ex.submit(cell)
             postfix()
-            for cell, res in ex.wait(timeout=min(opts.heartbeat_s, 5.0)):
+            if running:
+                results = ex.wait(timeout=min(opts.heartbeat_s, opts.poll_s if waiting else 5.0))
+            else:
+                results = []
+                time.sleep(opts.poll_s)  # only other sweeps' cells are left: look again shortly
+            for cell, res in results:
                 running.pop(cell.run_id, None)
                 _record(store, cell, res, code, report)
                 if res.status == "failed":
@@ -601,6 +671,12 @@ def run_cells(
                     tracker.log(store.get(cell.run_id), store)
                 bar.update(1)
                 postfix()
+            if waiting and time.monotonic() - last_poll >= opts.poll_s:
+                last_poll = time.monotonic()
+                alive = store.running_elsewhere(list(waiting), owner)
+                for rid in [r for r in waiting if r not in alive]:
+                    # finished there (counted when the claim says 'done'), or its sweep died or failed it: ours now
+                    queue.appendleft(waiting.pop(rid))
             if time.monotonic() - last_beat > opts.heartbeat_s:
                 store.heartbeat(owner)
                 last_beat = time.monotonic()

@@ -38,7 +38,7 @@ from sltlab.nn.init import INIT_SCHEMES, InitSpec
 from sltlab.nn.norm import NormSpec
 from sltlab.nn.transformer import ModelConfig
 from sltlab.runs.config import check_range
-from sltlab.runs.device import check_device_name, check_precision, determinism, resolve_device, run_id_fields
+from sltlab.runs.device import Where, determinism, resolve_device
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tickets import methods
 from sltlab.tickets.search import SearchConfig, run_search
@@ -60,7 +60,7 @@ def variant_norm(variant: str, field_name: str = "study.variants") -> NormSpec:
 
 
 @dataclass(frozen=True)
-class ApproxStudy:
+class ApproxStudy(Where):
     """A sweep: widths x heads x variants x methods x seeds x score seeds. Every cell is one run in the store."""
 
     name: str = "approx"
@@ -114,11 +114,8 @@ class ApproxStudy:
     # Matrices of width 16-512 are far too small for intra-op parallelism: extra threads only spin (measured 20x
     # slower with 2 threads on a busy 2-core machine). Does not enter the run id: results do not depend on it.
     threads: int = 1
-    # Where and in which arithmetic each cell runs (sltlab.runs.device); away from cpu/fp32 they enter the run id.
-    # The held-out error is always measured in fp32: it is the study's figure of merit.
-    device: str = "cpu"
-    precision: str = "fp32"
-    deterministic: bool = False
+    # device / precision / deterministic: sltlab.runs.device.Where; away from cpu/fp32 they enter the run id. The
+    # held-out error is always measured in fp32: it is the study's figure of merit.
 
     def target_n_k(self, n_heads: int) -> int:
         return self.target_width if self.target_width is not None else max(1, self.d_model // n_heads)
@@ -158,8 +155,7 @@ class ApproxStudy:
         for name in ("d_model", "n_blocks", "seq_len", "n_train", "n_test", "batch_size", "threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"study.{name}", f"{getattr(self, name)} must be at least 1", "an integer >= 1")
-        check_device_name(self.device, "study.device")
-        check_precision(self.precision, "study.precision")
+        self.check_where("study.")
         # A gain this large only scales the output error with it, and past ~1e9 the loss overflows float32, which
         # would then be blamed on the learning rate.
         check_range("study.source_gain", self.source_gain, 0.0, MAX_GAIN, lo_open=True)
@@ -284,7 +280,7 @@ class ApproxRun:
             # only the variant methods' cells carry these, so plain cells keep the run ids they always had
             **{k: list(v) if isinstance(v, tuple) else v for k, v in s.mask_variant(self.method, self.seed).items()
                if k != "frozen_seed"},
-            **run_id_fields(s.device, s.precision, s.deterministic),
+            **s.where_id(),
             # only a run whose target is not its own-norm target carries this, so own-target runs (and every
             # no-norm run under the default shared target) keep the run ids they always had
             **({"target_norm": self.target_norm.name}
@@ -487,7 +483,8 @@ def study_cells(study: ApproxStudy) -> list[Cell]:
     return [
         Cell(KIND, run.config_dict(), run.seed, approx_cell, run,
              label=f"h={run.n_heads} {run.variant} {run.method} n={run.width} lr={study.search.lr:g} "
-                   f"s={run.seed}/{run.score_seed}")
+                   f"s={run.seed}/{run.score_seed}",
+             device="cpu" if run.method == "construct" else study.device)  # what Ray reserves a GPU for
         for run in study.cells()
     ]
 

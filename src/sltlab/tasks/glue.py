@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,16 +261,30 @@ def _expected_layout(info: TaskInfo, root: Path) -> str:
     )
 
 
+# Labels are ASCII numbers: Python's int() and float() also read "1_0", "١" (an Arabic-Indic one), "nan" and "inf".
+_INT_LABEL = re.compile(r"[0-9]+", re.ASCII)
+_FLOAT_LABEL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+SCORE_RANGE = (0.0, 5.0)  # STS-B's similarity scores
+
+
 def _parse_label(info: TaskInfo, raw: str, path: Path, lineno: int) -> float | int:
     raw = raw.strip()
     try:
         if info.is_regression:
-            return float(raw)
+            if not _FLOAT_LABEL.fullmatch(raw):
+                raise ValueError(raw)
+            score = float(raw)
+            lo, hi = SCORE_RANGE
+            if not lo <= score <= hi:  # also an overflow to inf
+                raise DataError(f"{path}, line {lineno}: score {raw} is outside [{lo:g}, {hi:g}] for {info.name}")
+            return score
         if info.label_names is not None:
             return info.label_names.index(raw)
+        if not _INT_LABEL.fullmatch(raw):
+            raise ValueError(raw)
         value = int(raw)
     except ValueError:
-        accepts = "a number" if info.is_regression else " | ".join(info.label_names or ("0", "1"))
+        accepts = "a number in [0, 5]" if info.is_regression else " | ".join(info.label_names or ("0", "1"))
         raise DataError(
             f"{path}, line {lineno}: bad label {raw!r} for {info.name} (expected {accepts})"
         ) from None
@@ -297,6 +312,10 @@ def _read_tsv(info: TaskInfo, path: Path, split: str, limit: int | None) -> Glue
                 raise DataError(f"{path} is empty; re-download the GLUE data") from None
         else:
             header = list(info.positional)
+        twice = sorted({h for h in header if header.count(h) > 1})
+        if has_header and twice:
+            raise DataError(f"{path}, line 1: column {twice[0]!r} appears more than once in the header; which one "
+                            "holds the data is ambiguous")
         text_cols = ("sentence",) if (info.name == "cola" and has_header) else info.text_columns
         missing = [c for c in text_cols if c not in header]
         if missing:
@@ -329,6 +348,8 @@ def _read_tsv(info: TaskInfo, path: Path, split: str, limit: int | None) -> Glue
                 texts_b.append(row[idx[1]])
             if lab_idx is not None:
                 labels.append(_parse_label(info, row[lab_idx], path, lineno))
+    if not texts_a:
+        raise DataError(f"{path} has {'a header but ' if has_header else ''}no rows; re-download the GLUE data")
     lab: np.ndarray | None = None
     if lab_idx is not None:
         lab = np.asarray(labels, dtype=np.float32 if info.is_regression else np.int64)
@@ -361,6 +382,13 @@ def _load_hf(info: TaskInfo, split: str, limit: int | None) -> GlueSplit:
     else:
         labels = raw.astype(np.float32 if info.is_regression else np.int64)
     return GlueSplit(info.name, split, texts_a, texts_b, labels)
+
+
+def split_files(task: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The local files a cell of `task` reads (train, then the dev splits): what its data fingerprint covers."""
+    info = get_task(task)
+    root = glue_root(data_dir)
+    return [root / info.dir_name / f"{split}.tsv" for split in ("train", *info.dev_splits)]
 
 
 def load_split(

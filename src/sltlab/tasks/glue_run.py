@@ -12,10 +12,11 @@ What happens to the embeddings and the classifier head in the masked methods is 
 (default: the head is a random layer masked like the rest, a pure strong ticket) or 'trained' (the head is
 left unmasked and trained, a common relaxation). The embeddings are always masked like any other weight.
 
-Every cell is one store run of kind "glue" whose config is `GlueRunConfig` as a dict (method defaults
-resolved, so the run id is a hash of what actually ran) and whose metrics hold `main_metric`, `main`, each
-official metric, `params_total`, `params_trainable`, `density` and, for imp, `rounds`. Masked methods save
-their ticket with `save_checkpoint(artifact_dir / "ticket.safetensors", ...)`; dense and imp save the whole
+Every cell is one store run of kind "glue" whose config is `GlueRunConfig` as a dict (method defaults resolved, so
+the run id is a hash of what actually ran), plus `data`, the fingerprint of the local files it reads
+(sltlab.paths.fingerprint: fixed data is new data, rerun under a new id), and whose metrics hold `main_metric`,
+`main`, each official metric, `params_total`, `params_trainable`, `density` and, for imp, `rounds`. Masked methods
+save their ticket with `save_checkpoint(artifact_dir / "ticket.safetensors", ...)`; dense and imp save the whole
 (baked) model there too; the trained tokenizer goes beside it as tokenizer.json. imp also saves the mask of every
 round (0 = dense .. imp_rounds) as `ROUND_MASKS_FILE` (`sltlab.tickets.checkpoint.save_round_masks`), which
 `sltlab report` and `sltlab analyze` compare across rounds.
@@ -41,19 +42,17 @@ from sltlab.errors import ConfigError, SltlabError
 from sltlab.nn.init import InitSpec
 from sltlab.nn.norm import NormSpec
 from sltlab.nn.transformer import ModelConfig
+from sltlab.paths import fingerprint
 from sltlab.runs.config import check_range, from_dict
 from sltlab.runs.device import (
-    check_device_name,
-    check_precision,
+    Where,
     determinism,
     resolve_device,
-    run_id_fields,
     to_device,
-    where_fields,
 )
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.runs.store import Store
-from sltlab.tasks.glue import TASKS, GlueSplit, TaskInfo, get_task, load_split
+from sltlab.tasks.glue import TASKS, GlueSplit, TaskInfo, get_task, load_split, split_files
 from sltlab.tasks.metrics import compute_metrics, main_metric
 from sltlab.tasks.tokenize import TextEncoder, TokenizerSpec, make_encoder
 from sltlab.tickets import methods
@@ -96,7 +95,7 @@ QUICK: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class GlueRunConfig:
+class GlueRunConfig(Where):
     """Everything one cell depends on. lr = 0 means the method's default (DEFAULT_LR), resolved before
     hashing.
 
@@ -174,14 +173,10 @@ class GlueRunConfig:
     imp_fraction: float = 0.5
     imp_scope: Literal["layer", "global"] = "layer"
     imp_rewind_step: int = 0
-    # where and how (sltlab.runs.device): left out of the run id at cpu / fp32 / not deterministic
-    device: str = "cpu"
-    precision: str = "fp32"
-    deterministic: bool = False
+    # device / precision / deterministic (sltlab.runs.device.Where): left out of the run id at their defaults
 
     def validate(self) -> None:
-        check_device_name(self.device, "device")
-        check_precision(self.precision, "precision")
+        self.check_where()
         info = get_task(self.task)
         object.__setattr__(self, "task", info.name)
         if self.method not in METHODS:
@@ -259,7 +254,7 @@ class GlueRunConfig:
             del out["score_seed"]
         for k in ("device", "precision", "deterministic"):
             del out[k]
-        out.update(run_id_fields(self.device, self.precision, self.deterministic))
+        out.update(self.where_id())
         # an unfolded model (fold None or n_layers) is today's model whatever the mask sharing: today's run id
         folded = self.fold is not None and self.fold < self.n_layers
         if not folded:
@@ -655,10 +650,16 @@ def glue_cell(arg: GlueCellArg, ctx: CellContext, data: TaskData | None = None) 
 def glue_cells(cfgs: list[GlueRunConfig], data_dir: str | Path | None = None,
                cache: str | Path | None = None) -> list[Cell]:
     out = []
+    prints: dict[str, str] = {}
     for cfg in cfgs:
         cfg = cfg.resolved()
         arg = GlueCellArg(cfg, None if data_dir is None else str(data_dir), None if cache is None else str(cache))
-        out.append(Cell(KIND, cfg.to_dict(), cfg.seed, glue_cell, arg,
+        config = cfg.to_dict()
+        if cfg.source == "local":  # the files' fingerprint is part of the run's identity (sltlab.paths.fingerprint)
+            if cfg.task not in prints:
+                prints[cfg.task] = fingerprint(split_files(cfg.task, data_dir))
+            config["data"] = prints[cfg.task]
+        out.append(Cell(KIND, config, cfg.seed, glue_cell, arg,
                         label=f"{cfg.task} {cfg.method} {cfg.norm} lr={cfg.lr:g}"
                               + (f" alr={cfg.affine_lr:g}" if cfg.affine_lr else "") + f" s{cfg.seed}"
                               + (f"/{cfg.score_seed}" if cfg.score_seed is not None else ""),
@@ -691,7 +692,7 @@ def run_cell(
 
 # ---------------------------------------------------------------------------------------------------- sweep
 @dataclass(frozen=True)
-class GlueSweepConfig:
+class GlueSweepConfig(Where):
     """tasks x methods x norms x seeds (x score seeds), each cell a GlueRunConfig built from `run` (shared
     settings), then `task[task]` (per-task settings, e.g. fewer steps on a small task), then `method[method]`
     (per-method settings such as lr). Cells that cannot exist (ln-integrated without a norm) are skipped.
@@ -717,14 +718,11 @@ class GlueSweepConfig:
     run: dict[str, Any] = field(default_factory=dict)
     method: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
-    # every cell's device settings (sltlab.runs.device); those away from cpu/fp32 override the same keys in `run`
-    device: str = "cpu"
-    precision: str = "fp32"
-    deterministic: bool = False
+    # device / precision / deterministic (sltlab.runs.device.Where): those away from cpu/fp32 override the same keys
+    # in `run`
 
     def __post_init__(self) -> None:
-        check_device_name(self.device, "device")
-        check_precision(self.precision, "precision")
+        self.check_where()
         from sltlab.analysis.selection import check_select_on
 
         check_select_on(self.select_on, "select_on")
@@ -792,7 +790,7 @@ class GlueSweepConfig:
                     ):
                         data = {
                             **self.run,
-                            **where_fields(self.device, self.precision, self.deterministic),
+                            **self.where_fields(),
                             **self.task.get(task, {}),
                             **self.method.get(method, {}),
                             "task": task,

@@ -11,7 +11,9 @@ A random network cannot change its weights' magnitudes, so these few floats are 
 output scale.
 
 Every cell is a run in the store (kind "lm"): config {dataset, method, scales, norm, seed, shape, ...},
-metrics {val_bpb, tokens_per_s, artifact_bytes, params, density, ...}; beside it `ticket.safetensors` (the
+config also `data`, the fingerprint of the corpus files (sltlab.paths.fingerprint); metrics {val_bpb,
+artifact_bytes, params, density, ...}, timings {train_s, tokens_per_s, ...} (wall-clock values are timings, so two
+identical runs have identical metrics); beside it `ticket.safetensors` (the
 checkpoint) and `ticket.slt` (the compact artifact whose size is reported).
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,13 +32,12 @@ from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec
 from sltlab.nn.norm import NormSpec
 from sltlab.nn.transformer import ModelConfig
+from sltlab.paths import fingerprint
 from sltlab.runs.config import check_range
 from sltlab.runs.device import (
-    check_device_name,
-    check_precision,
+    Where,
     determinism,
     resolve_device,
-    run_id_fields,
     sync,
     to_device,
 )
@@ -45,6 +46,7 @@ from sltlab.tasks.text import (
     VOCAB,
     check_bpe_vocab,
     check_length,
+    corpus_files,
     eval_bpb,
     lm_loss,
     load_corpus,
@@ -78,7 +80,7 @@ def parse_method(text: str, field: str = "lm.methods") -> tuple[str, bool]:
 
 
 @dataclass(frozen=True)
-class LMStudy:
+class LMStudy(Where):
     """A set of LM cells (methods x seeds) over one model shape and data set; TOML fields at the top level."""
 
     name: str = "lm"
@@ -130,9 +132,7 @@ class LMStudy:
     # The equal-bytes partner: dense cells use this width instead of d_model (an int8 dense model stored in
     # about the bytes of the supermask model's masks); None = the same shape as the tickets.
     dense_d_model: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    deterministic: bool = False
+    device: str = field(default="auto", kw_only=True)  # the rest of sltlab.runs.device.Where as inherited
     store: str = "runs/sltlab.db"
 
     def validate(self) -> None:
@@ -170,8 +170,7 @@ class LMStudy:
         for name in ("lr_dense", "lr_edge_popup", "lr_annealed"):
             check_range(f"lm.{name}", getattr(self, name), 0.0, lo_open=True)
         check_range("lm.eval_bytes", self.eval_bytes, 0)
-        check_device_name(self.device, "lm.device")
-        check_precision(self.precision, "lm.precision")
+        self.check_where("lm.")
         if self.lr_scales is not None:
             check_range("lm.lr_scales", self.lr_scales, 0.0, lo_open=True)
         if self.forward_mask not in ("sample", "threshold"):
@@ -267,7 +266,7 @@ class LMRun:
             cfg["keep"] = s.keep
         if self.method == "annealed":
             cfg.update(temperature_start=s.temperature_start, temperature_end=s.temperature_end)
-        cfg.update(run_id_fields(s.device, s.precision, s.deterministic))  # nothing at cpu / fp32
+        cfg.update(s.where_id())  # nothing at cpu / fp32
         # only a folded model (fewer stages than layers) carries these, so every other cell keeps its run id
         if s.fold is not None and s.fold < s.n_layers:
             cfg["fold"] = s.fold
@@ -398,7 +397,6 @@ def run_cell(
     metrics: dict[str, Any] = {
         "val_bpb": val_bpb,
         "train_bpb_end": sum(tail) / len(tail) / 0.6931471805599453,
-        "tokens_per_s": s.steps * s.batch_size * s.seq_len / max(t2 - t1, 1e-9),
         "params": count_weights(model),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "density": mask_density(model) if supermasks(model) else 1.0,
@@ -411,7 +409,8 @@ def run_cell(
         metrics["tokenizer_sha256"] = corpus.tokenizer_sha256
     if full_curve:
         metrics["_curve"] = [[int(h["step"]), float(h["loss"])] for h in history]
-    timings = {"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2}
+    timings = {"setup_s": t1 - t0, "train_s": t2 - t1, "eval_s": t3 - t2,
+               "tokens_per_s": s.steps * s.batch_size * s.seq_len / max(t2 - t1, 1e-9)}
     if artifact_dir is not None:
         t4 = time.perf_counter()
         save_checkpoint(
@@ -487,8 +486,10 @@ def lm_cell(arg: LMCellArg, ctx: CellContext) -> CellOutput:
 
 
 def study_cells(study: LMStudy, data_root: str | None = None) -> list[Cell]:
+    # the corpus's fingerprint is part of each run's identity (sltlab.paths.fingerprint): other text, other runs
+    data = {"data": fingerprint(corpus_files(study.dataset, data_root))}
     return [
-        Cell(KIND, run.config_dict(), run.seed, lm_cell, LMCellArg(run, data_root),
+        Cell(KIND, {**run.config_dict(), **data}, run.seed, lm_cell, LMCellArg(run, data_root),
              label=f"{run.method_text} s={run.seed}", device=str(study.device))
         for run in study.cells()
     ]

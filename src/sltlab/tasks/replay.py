@@ -138,7 +138,7 @@ def run_models(store: Any, rec: Any, n_inputs: int = 128, data_dir: Any = None) 
     from sltlab.tickets.checkpoint import load_checkpoint
     from sltlab.tickets.spec import build_model
 
-    path = store.path.parent / "artifacts" / rec.run_id / "ticket.safetensors"
+    path = store.artifact_path(rec.run_id) / "ticket.safetensors"
     if not path.is_file():
         raise ArtifactError(f"run {rec.run_id} has no checkpoint at {path}; attention needs the ticket")
     ticket, spec = load_checkpoint(path)
@@ -163,7 +163,7 @@ def run_models(store: Any, rec: Any, n_inputs: int = 128, data_dir: Any = None) 
         for other in store.runs("glue"):
             oc = other.config
             if oc.get("method") == "dense" and all(oc.get(k) == cfg.get(k) for k in DENSE_MATCH_KEYS):
-                dpath = store.path.parent / "artifacts" / other.run_id / "ticket.safetensors"
+                dpath = store.artifact_path(other.run_id) / "ticket.safetensors"
                 if dpath.is_file():
                     models["dense"] = load_checkpoint(dpath)[0]
                     break

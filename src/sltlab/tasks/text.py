@@ -84,8 +84,8 @@ def _read(path: Path) -> bytes:
         raise DataError(f"cannot read {path}: {err}") from None
 
 
-def load_corpus(dataset: str, data_root: str | Path | None = None, val_fraction: float = 0.1) -> ByteCorpus:
-    """`dataset` is a corpus name (tinyshakespeare, wikitext-2) or the path of any text file."""
+def corpus_files(dataset: str, data_root: str | Path | None = None) -> list[Path]:
+    """The files `load_corpus(dataset)` reads (what an LM run's data fingerprint covers), each checked to exist."""
     if dataset in CORPORA:
         root = data_dir(data_root)
         assert root is not None
@@ -96,23 +96,26 @@ def load_corpus(dataset: str, data_root: str | Path | None = None, val_fraction:
                     f"{dataset}: {p} is missing; put the corpus under {root} or pass --data-dir DIR "
                     f"(expected {', '.join(CORPORA[dataset])})"
                 )
-        if len(paths) == 2:
-            corpus = ByteCorpus(dataset, _bytes_tensor(_read(paths[0])), _bytes_tensor(_read(paths[1])))
-        else:
-            corpus = split_bytes(_read(paths[0]), val_fraction, dataset)
-    else:
-        p = Path(dataset).expanduser()
-        if p.is_dir():
-            raise ConfigError("dataset", f"{dataset!r} is a directory, not a text file",
-                              f"{' | '.join(CORPORA)} or the path of a text file")
-        if not p.is_file():
-            raise ConfigError(
-                "dataset",
-                f"{dataset!r} is neither a known corpus nor a file",
-                f"{' | '.join(CORPORA)} or the path of a text file",
-            )
-        corpus = split_bytes(_read(p), val_fraction, p.name)
-    return corpus
+        return paths
+    p = Path(dataset).expanduser()
+    if p.is_dir():
+        raise ConfigError("dataset", f"{dataset!r} is a directory, not a text file",
+                          f"{' | '.join(CORPORA)} or the path of a text file")
+    if not p.is_file():
+        raise ConfigError(
+            "dataset",
+            f"{dataset!r} is neither a known corpus nor a file",
+            f"{' | '.join(CORPORA)} or the path of a text file",
+        )
+    return [p]
+
+
+def load_corpus(dataset: str, data_root: str | Path | None = None, val_fraction: float = 0.1) -> ByteCorpus:
+    """`dataset` is a corpus name (tinyshakespeare, wikitext-2) or the path of any text file."""
+    paths = corpus_files(dataset, data_root)
+    if len(paths) == 2:
+        return ByteCorpus(dataset, _bytes_tensor(_read(paths[0])), _bytes_tensor(_read(paths[1])))
+    return split_bytes(_read(paths[0]), val_fraction, dataset if dataset in CORPORA else paths[0].name)
 
 
 # Bumped whenever the BPE training rule changes, so a cached tokenizer is never reused across rules.

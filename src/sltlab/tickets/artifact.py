@@ -57,8 +57,10 @@ import base64
 import hashlib
 import json
 import math
+import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,7 @@ from torch import nn
 from sltlab.errors import ArtifactError, SltlabError
 from sltlab.nn.init import canonical_name
 from sltlab.runs.store import atomic_write_bytes
-from sltlab.tickets.spec import ModelSpec, build_model
+from sltlab.tickets.spec import ModelSpec, build_model, check_size, param_shapes
 from sltlab.tickets.supermask import Supermask, frozen_pattern, supermasks
 
 MAGIC = b"SLTICKT\x00"
@@ -247,10 +249,27 @@ def stored_supermasks(model: nn.Module) -> dict[str, Supermask]:
     return out
 
 
-def _free_floats(model: nn.Module, spec: ModelSpec) -> dict[str, torch.Tensor]:
+def weights_checksum(state: dict[str, torch.Tensor], skip: set[str]) -> str:
+    """SHA-256 over the regenerated tensors of a state dict (name, dtype, shape and bytes, in name order): every
+    tensor but the scores and the stored free floats. Recorded at export (`.slt` and Hugging Face tickets alike) and
+    checked at load: a seed edited in a file (its checksum recomputed), or a torch build that draws other numbers
+    from the same seed, gives other weights, and the ticket is refused instead of loading a different model."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        if name in skip or name.endswith(".scores"):
+            continue
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _free_floats(model: nn.Module, spec: ModelSpec,
+                 fresh: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """State tensors that a fresh build from the spec does not reproduce bit for bit (scores excluded). A tensor
     the state dict lists under several names (folded, tied weights) counts once, under its first name."""
-    fresh = build_model(spec).state_dict()
+    fresh = build_model(spec).state_dict() if fresh is None else fresh
     out = {}
     seen: set[tuple[int, int, tuple[int, ...]]] = set()
     for name, t in model.state_dict().items():
@@ -295,7 +314,8 @@ def export_ticket(
     stream, mask_entries = code_supermasks(sms, spec)
     version = _PLAIN_VERSION if all(sm.is_plain for sm in sms.values()) else FORMAT_VERSION
     payload = bytearray(stream)
-    free = _free_floats(model, spec)
+    fresh = build_model(spec).state_dict()
+    free = _free_floats(model, spec, fresh)
     float_entries = []
     stored: dict[str, torch.Tensor] = {}
     for name, t in free.items():
@@ -333,6 +353,7 @@ def export_ticket(
         "mask_stream": {"coder": MASK_CODER, "offset": 0, "nbytes": len(stream)},
         "floats": float_entries,
         "probe": probe,
+        "weights_sha256": weights_checksum(fresh, set(free)),
         "payload_bytes": len(payload),
         "sltlab_version": __version__,
         "torch_version": torch.__version__,
@@ -419,15 +440,70 @@ def _need(cond: bool, what: str) -> None:
         )
 
 
-def _shape(entry: dict[str, Any], where: str) -> tuple[int, ...]:
+def _shape(entry: dict[str, Any], where: str, need: Callable[[bool, str], None] | None = None) -> tuple[int, ...]:
+    need = need or _need
     shape = entry.get("shape")
-    _need(
-        isinstance(shape, list)
+    need(
+        isinstance(shape, list) and len(shape) <= 8
         and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in shape),
         f"{where} has a bad shape",
     )
-    _need(math.prod(shape) <= _MAX_ELEMENTS, f"{where} is implausibly large")
+    need(math.prod(shape) <= _MAX_ELEMENTS, f"{where} is implausibly large")
     return tuple(shape)
+
+
+MaskEntry = tuple[str, tuple[int, ...], list[tuple[int, int]]]
+
+
+def parse_mask_table(table: Any, cfg: Any, need: Callable[[bool, str], None],
+                     shapes: dict[str, tuple[int, ...]] | None = None, version: int = FORMAT_VERSION
+                     ) -> list[MaskEntry]:
+    """The one reader of a coded mask table (`.slt` header, Hugging Face ticket.json), checked before a single
+    mask is decoded: each entry names a distinct masked layer, with the shape the model gives it (`shapes`: layer
+    name -> weight shape, from the spec or the rebuilt model), and counts that fit: "ones" per plain mask, or
+    "coats", "frozen" and (n, ones) per coat's stream for the variants of `cfg` (a SupermaskConfig or None). So a
+    few bytes of file cannot declare masks larger than the model (constant masks cost no bytes to store).
+    `need(cond, what)` raises the caller's error. Returns [(name, shape, [(n, ones) per stream])]."""
+    need(isinstance(table, list), "the mask table is not a list")
+    variant = cfg is not None and not cfg.is_plain
+    frozen = cfg is not None and (cfg.frozen_pruned > 0 or cfg.frozen_kept > 0)
+    entries: list[MaskEntry] = []
+    names: set[str] = set()
+    for i, e in enumerate(table):
+        need(isinstance(e, dict) and isinstance(e.get("name"), str), f"mask entry {i} has no name")
+        where = f"mask {e['name']!r}"
+        need(e["name"] not in names, f"{where} is listed twice")
+        names.add(e["name"])
+        shape = _shape(e, where, need)
+        if shapes is not None:
+            need(e["name"] in shapes, f"{where} is not a masked layer of the model")
+            need(tuple(shapes[e["name"]]) == shape, f"{where} has shape {list(shape)}, the model's layer "
+                 f"{list(shapes[e['name']])}")
+        n = math.prod(shape)
+        need(("streams" in e) == variant,
+             f"{where} is coded {'plain' if variant else 'as coats'}, which its mask settings contradict")
+        if not variant:
+            ones = e.get("ones")
+            need(_count_ok(ones, n), f"{where} has a bad count")
+            entries.append((e["name"], shape, [(n, ones)]))
+            continue
+        need(version >= 2, f"{where} uses mask variants, which format version {version} cannot hold")
+        streams = e.get("streams")
+        need(isinstance(streams, list) and e.get("coats") == cfg.coats == len(streams) and e.get("frozen") == frozen,
+             f"{where} disagrees with its mask settings' coats or frozen parts")
+        pairs: list[tuple[int, int]] = []
+        for j, pair in enumerate(streams):
+            ok = isinstance(pair, list) and len(pair) == 2 and _count_ok(pair[0], n) and _count_ok(pair[1], pair[0])
+            need(ok and (j == 0 or pair[0] == pairs[-1][1]), f"{where} has a bad count in coat {j + 1}")
+            pairs.append((pair[0], pair[1]))
+        entries.append((e["name"], shape, pairs))
+    return entries
+
+
+def masked_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Layer name -> weight shape of every layer of the spec's architecture that can carry a mask (built on the meta
+    device: nothing allocated)."""
+    return {k[: -len(".weight")]: v for k, v in param_shapes(spec).items() if k.endswith(".weight") and len(v) >= 2}
 
 
 def _slice(payload: bytes, entry: dict[str, Any], where: str) -> bytes:
@@ -477,14 +553,7 @@ def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
     _need(isinstance(header, dict), "the header is not a JSON object")
     payload = body[_PREFIX.size + hlen :]
     _need(header.get("payload_bytes") == len(payload), "payload length disagrees with the header")
-    try:
-        spec = ModelSpec.from_dict(header.get("spec"))  # type: ignore[arg-type]
-    except SltlabError as err:
-        raise ArtifactError(f"{source}: the stored model spec is invalid ({err})") from None
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
-        raise ArtifactError(
-            f"{source}: the stored model spec is invalid ({type(err).__name__}: {err})"
-        ) from None
+    spec = _header_spec(header, source)
     masks_h, floats_h, probe = header.get("masks"), header.get("floats"), header.get("probe")
     _need(
         isinstance(masks_h, list) and isinstance(floats_h, list) and isinstance(probe, dict),
@@ -492,30 +561,7 @@ def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
     )
     sizes = {"header": _PREFIX.size + hlen, "masks": 0, "floats": 0, "checksum": _DIGEST_LEN}
     variant = spec.mask is not None and not spec.mask.is_plain
-    entries = []  # name, shape, [(n, ones) per coded stream]
-    for i, e in enumerate(masks_h):
-        _need(isinstance(e, dict) and isinstance(e.get("name"), str), f"mask entry {i} has no name")
-        where = f"mask {e['name']!r}"
-        shape = _shape(e, where)
-        n = math.prod(shape)
-        _need(("streams" in e) == variant, f"{where} is coded {'plain' if variant else 'as coats'}, "
-              "which its spec's mask settings contradict")
-        if not variant:
-            ones = e.get("ones")
-            _need(_count_ok(ones, n), f"{where} has a bad count")
-            entries.append((e["name"], shape, [(n, ones)]))
-            continue
-        _need(version >= 2, f"{where} uses mask variants, which format version {version} cannot hold")
-        streams = e.get("streams")
-        _need(isinstance(streams, list) and e.get("coats") == spec.mask.coats == len(streams)  # type: ignore[union-attr]
-              and e.get("frozen") == (spec.mask.frozen_pruned > 0 or spec.mask.frozen_kept > 0),  # type: ignore[union-attr]
-              f"{where} disagrees with its spec's coats or frozen settings")
-        pairs = []
-        for j, pair in enumerate(streams):
-            ok = isinstance(pair, list) and len(pair) == 2 and _count_ok(pair[0], n) and _count_ok(pair[1], pair[0])
-            _need(ok and (j == 0 or pair[0] == pairs[-1][1]), f"{where} has a bad count in coat {j + 1}")
-            pairs.append((pair[0], pair[1]))
-        entries.append((e["name"], shape, pairs))
+    entries = parse_mask_table(masks_h, spec.mask, _need, masked_shapes(spec), version)
     stream_h = header.get("mask_stream")
     _need(isinstance(stream_h, dict), "no mask stream record")
     _need(stream_h.get("coder") == MASK_CODER, f"the masks use an unknown coder {stream_h.get('coder')!r}")
@@ -543,10 +589,31 @@ def decode_ticket(blob: bytes, source: str = "ticket") -> TicketParts:
             t = torch.empty(0, dtype=FLOAT_DTYPES[dt])
         floats[e["name"]] = t.reshape(shape).to(FLOAT_DTYPES[odt])
         sizes["floats"] += len(data)
-    ok = isinstance(probe.get("sha256"), str) and isinstance(probe.get("seed"), int)
-    _need(ok and isinstance(probe.get("sample", ""), str), "the probe record is bad")
+    seed = probe.get("seed")
+    ok = isinstance(probe.get("sha256"), str) and isinstance(seed, int) and not isinstance(seed, bool)
+    _need(ok and 0 <= seed < 2**63 and isinstance(probe.get("sample", ""), str), "the probe record is bad")
+    fp = header.get("weights_sha256")
+    _need(fp is None or (isinstance(fp, str) and len(fp) == 64), "the weights fingerprint is bad")
     sizes["total"] = len(blob)
     return TicketParts(spec, masks, floats, probe, header, sizes, coats, version)
+
+
+def _header_spec(header: dict[str, Any], source: str) -> ModelSpec:
+    """The header's model spec, checked (the config schema) and within the parameter budget, before anything the
+    spec describes is allocated."""
+    try:
+        spec = ModelSpec.from_dict(header.get("spec"))  # type: ignore[arg-type]
+    except SltlabError as err:
+        raise ArtifactError(f"{source}: the stored model spec is invalid ({err})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
+        raise ArtifactError(
+            f"{source}: the stored model spec is invalid ({type(err).__name__}: {err})"
+        ) from None
+    try:
+        check_size(spec, "spec.model")
+    except SltlabError as err:
+        raise ArtifactError(f"{source}: {err}") from None
+    return spec
 
 
 def _count_ok(v: Any, n: int) -> bool:
@@ -576,19 +643,71 @@ def _coat_count_from_streams(spec: ModelSpec, name: str, shape: tuple[int, ...],
 
 
 def read_ticket(path: str | Path) -> TicketParts:
-    """Read and decode a ticket file (nothing built)."""
+    """Read and decode a ticket file (nothing built).
+
+    Bounded before the file is read: the prefix and the header (at most 64 MiB inflated) come first; the header's
+    payload length must account for the file's length exactly and its spec must be within the parameter budget;
+    only then is the rest read, in 1 MiB chunks. A multi-gigabyte file that is not a ticket is refused after a few
+    bytes, and one whose header lies is refused before its payload is read."""
     p = Path(path)
     if p.is_dir():
         raise ArtifactError(f"ticket {p} is a directory, not a .slt file")
+    if p.exists() and not p.is_file():
+        raise ArtifactError(f"ticket {p} is not a regular file (a FIFO or a device?); pass a .slt file")
     if not p.is_file():
         raise ArtifactError(
             f"ticket file {p} does not exist; create one with `sltlab export RUN_ID -o {p.name}`"
         )
     try:
-        blob = p.read_bytes()
+        with open(p, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(_PREFIX.size)
+            if len(head) < _PREFIX.size or head[: len(MAGIC)] != MAGIC:
+                decode_ticket(head, source=str(p))  # not a ticket: said from its first bytes, the rest unread
+            _, version, _, hlen = _PREFIX.unpack(head)
+            if not 1 <= version <= FORMAT_VERSION:
+                decode_ticket(head + bytes(_DIGEST_LEN), source=str(p))  # says which version, reads no further
+            if _PREFIX.size + hlen + _DIGEST_LEN > size:
+                raise ArtifactError(f"{p} is truncated: its header says {hlen} header bytes but the file is {size} "
+                                    "bytes long; re-export or re-copy it")
+            _check_declared(f, hlen, size, str(p))
+            f.seek(0)
+            blob = _read_chunks(f, size, str(p))
     except OSError as err:
         raise ArtifactError(f"cannot read ticket {p}: {err.strerror or err}") from None
     return decode_ticket(blob, source=str(p))
+
+
+def _check_declared(f: Any, hlen: int, size: int, source: str) -> None:
+    """Before the payload is read: the header inflates within bounds, accounts for the file's length, and names a
+    model within the parameter budget. (The full checks, the checksum first, follow in decode_ticket.)"""
+    if hlen > _MAX_HEADER:
+        raise ArtifactError(f"{source}: malformed ticket header: header length exceeds {_MAX_HEADER:,} bytes")
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(f.read(hlen), _MAX_HEADER)
+        header = json.loads(text.decode("utf-8"))
+    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return  # decode_ticket says what is wrong once the checksum has been checked
+    if not isinstance(header, dict):
+        return
+    payload = header.get("payload_bytes")
+    if isinstance(payload, int) and _PREFIX.size + hlen + payload + _DIGEST_LEN != size:
+        raise ArtifactError(f"{source} is {size:,} bytes but its header accounts for "
+                            f"{_PREFIX.size + hlen + payload + _DIGEST_LEN:,}: the file is truncated or padded; "
+                            "re-export or re-copy it")
+    if "spec" in header:
+        _header_spec(header, source)
+
+
+def _read_chunks(f: Any, size: int, source: str) -> bytes:
+    """The whole file in 1 MiB reads, refusing one that grows past the length it had when opened."""
+    buf = bytearray()
+    while chunk := f.read(min(1 << 20, size + 1 - len(buf))):
+        buf += chunk
+        if len(buf) > size:
+            raise ArtifactError(f"{source} grew while it was read; read it once it is complete")
+    return bytes(buf)
 
 
 # -- rebuild ------------------------------------------------------------------------------------------------
@@ -617,6 +736,14 @@ def build_from_parts(parts: TicketParts, source: str = "ticket") -> nn.Module:
             f"{sorted(sms)[:3]}...; the file is corrupted or from another model"
         )
     state = model.state_dict()
+    expected = parts.header.get("weights_sha256")
+    if expected is not None and weights_checksum(state, set(parts.floats)) != expected:
+        # tickets exported before the fingerprint existed have none: they load unchecked, as they always did
+        raise ArtifactError(
+            f"{source}: the weights regenerated from its seed fail their SHA-256 check (exported with torch "
+            f"{parts.header.get('torch_version')}, here {torch.__version__}): its seed or spec was edited, or this "
+            "torch draws other numbers from the same seed"
+        )
     for name, t in parts.floats.items():
         if name not in state or name.endswith(".scores"):
             raise ArtifactError(f"{source}: stored tensor {name!r} is not a tensor of the model")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import types
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,8 @@ from sltlab.tickets.artifact import (
     code_supermasks,
     decode_supermasks,
     fix_mask,
+    parse_mask_table,
+    weights_checksum,
 )
 from sltlab.tickets.supermask import SupermaskConfig, apply_supermask, supermasks
 
@@ -77,20 +78,6 @@ def _sha(data: bytes) -> str:
 
 def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def weights_checksum(state: dict[str, torch.Tensor], skip: set[str]) -> str:
-    """SHA-256 over the regenerated tensors of a state dict (name, dtype, shape and bytes, in name order): every
-    tensor but the scores and the stored free floats."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        if name in skip or name.endswith(".scores"):
-            continue
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _mask_shim(cfg: SupermaskConfig) -> Any:
@@ -261,8 +248,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     if not mf.is_file():
         raise ArtifactError(f"{source} holds no {MANIFEST}: not a Hugging Face ticket folder "
                             "(write one with sltlab.save_ticket(model, folder))")
-    raw = mf.read_bytes()
-    _need(len(raw) <= _MAX_MANIFEST, source, f"{MANIFEST} is implausibly large")
+    raw = _read(root, MANIFEST, _MAX_MANIFEST, source)
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -284,41 +270,66 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         f = root / name
         if not f.is_file():
             raise ArtifactError(f"{source} lacks {name}; copy the whole ticket folder")
-        if _sha(f.read_bytes()) != digest:
+        if _file_sha(f, source) != digest:
             raise ArtifactError(f"{source}: {name} fails its SHA-256 check: the file is corrupted or was edited")
     return manifest
 
 
-def _decode_masks(manifest: dict[str, Any], data: bytes, cfg: SupermaskConfig,
+def _file_sha(path: Path, source: str) -> str:
+    """SHA-256 of a file read in 1 MiB chunks (never whole in memory)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError as err:
+        raise ArtifactError(f"{source}: cannot read {path.name} ({err.strerror or err})") from None
+    return h.hexdigest()
+
+
+def _decode_masks(manifest: dict[str, Any], data: bytes, cfg: SupermaskConfig, shapes: dict[str, tuple[int, ...]],
                   source: str) -> dict[str, torch.Tensor]:
-    """Name -> bool mask (plain) or coat count (variants), from the mask table and the coded stream."""
-    table = manifest.get("masks")
-    _need(isinstance(table, list) and manifest.get("mask_coder") == MASK_CODER, source, "the mask table is bad")
-    entries: list[tuple[str, tuple[int, ...], list[tuple[int, int]]]] = []
-    for i, e in enumerate(table):
-        _need(isinstance(e, dict) and isinstance(e.get("name"), str), source, f"mask entry {i} has no name")
-        shape = e.get("shape")
-        _need(isinstance(shape, list) and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31
-                                              for s in shape), source, f"mask {e['name']!r} has a bad shape")
-        n = math.prod(shape)
-        if cfg.is_plain:
-            ones = e.get("ones")
-            _need(isinstance(ones, int) and not isinstance(ones, bool) and 0 <= ones <= n, source,
-                  f"mask {e['name']!r} has a bad count")
-            entries.append((e["name"], tuple(shape), [(n, ones)]))
-            continue
-        streams = e.get("streams")
-        _need(isinstance(streams, list) and len(streams) == cfg.coats, source,
-              f"mask {e['name']!r} disagrees with the mask config's coats")
-        pairs: list[tuple[int, int]] = []
-        for pair in streams:
-            ok = (isinstance(pair, list) and len(pair) == 2 and all(isinstance(v, int) for v in pair)
-                  and 0 <= pair[1] <= pair[0] <= n and (not pairs or pair[0] == pairs[-1][1]))
-            _need(ok, source, f"mask {e['name']!r} has a bad coat count")
-            pairs.append((pair[0], pair[1]))
-        entries.append((e["name"], tuple(shape), pairs))
+    """Name -> bool mask (plain) or coat count (variants), from the mask table (checked against the rebuilt model's
+    masked layers before anything is decoded: artifact.parse_mask_table, the `.slt` reader's) and the stream."""
+    _need(manifest.get("mask_coder") == MASK_CODER, source, "the mask table is bad")
+    entries = parse_mask_table(manifest.get("masks"), cfg, lambda ok, what: _need(ok, source, what), shapes)
     out = decode_supermasks(entries, data, _mask_shim(cfg), cfg.is_plain, source)
     return out if cfg.is_plain or cfg.coats > 1 else {name: count.bool() for name, count in out.items()}
+
+
+def _read(root: Path, name: str, limit: int, source: str) -> bytes:
+    """One file of the ticket folder, refused past `limit` bytes before it is read (a regular file only)."""
+    from sltlab.runs.io import read_limited
+
+    try:
+        return read_limited(root / name, limit, name)
+    except ValueError as err:
+        raise ArtifactError(f"{source}: {err}") from None
+    except OSError as err:
+        raise ArtifactError(f"{source}: cannot read {name} ({err.strerror or err})") from None
+
+
+def _check_model_size(config: Any, class_name: Any, auto_name: Any, source: str) -> None:
+    """The model the config describes, built on the meta device (nothing allocated), within sltlab's parameter
+    budget: a config.json with n_embd = 2^22 is refused before a byte of it is allocated."""
+    from sltlab.tickets.spec import max_params
+
+    tf = _transformers()
+    try:
+        with torch.device("meta"):
+            if isinstance(auto_name, str) and auto_name in AUTO_CLASSES:
+                model = getattr(tf, auto_name).from_config(config)
+            else:
+                model = _model_class(class_name)._from_config(config)
+    except ArtifactError:
+        raise
+    except Exception as err:  # noqa: BLE001 - transformers raises what the config's values provoke
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise ArtifactError(f"{source}: {CONFIG} does not build a model ({type(err).__name__}: {first})") from None
+    n = sum({id(t): t.numel() for t in [*model.parameters(), *model.buffers()]}.values())
+    if n > max_params():
+        raise ArtifactError(f"{source}: {CONFIG} describes a model of {n:,} parameters, more than the "
+                            f"{max_params():,} sltlab builds (SLTLAB_MAX_PARAMS raises it)")
 
 
 def load_ticket(path: str | Path) -> nn.Module:
@@ -330,7 +341,7 @@ def load_ticket(path: str | Path) -> nn.Module:
     manifest = read_manifest(root)
     tf = _transformers()
     try:
-        config_dict = json.loads((root / CONFIG).read_text(encoding="utf-8"))
+        config_dict = json.loads(_read(root, CONFIG, _MAX_MANIFEST, source).decode("utf-8"))
         _need(isinstance(config_dict, dict) and isinstance(config_dict.get("model_type"), str), source,
               f"{CONFIG} names no model_type")
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -346,17 +357,22 @@ def load_ticket(path: str | Path) -> nn.Module:
     class_name, auto_name = manifest.get("model_class"), manifest.get("auto_class")
     _need(isinstance(class_name, str) and (auto_name is None or isinstance(auto_name, str)), source,
           "the model class is not named")
+    _check_model_size(config, class_name, auto_name, source)
     model = _build(config, class_name, auto_name, init, cfg)
-    masks = _decode_masks(manifest, (root / MASKS).read_bytes(), cfg, source)
     sms = supermasks(model)
+    n_weights = sum(sm.scores.numel() for sm in sms.values())
+    # a coded mask costs about H(p) <= 1 bit per weight of each coat's stream: 2 bits is a generous bound
+    stream = _read(root, MASKS, n_weights // 4 * max(1, cfg.coats) + 4096, source)
+    masks = _decode_masks(manifest, stream, cfg, {k: tuple(sm.scores.shape) for k, sm in sms.items()}, source)
     if set(sms) != set(masks):
         raise ArtifactError(f"{source}: stored masks {sorted(masks)[:3]} do not match the rebuilt model's masked "
                             f"layers {sorted(sms)[:3]}; the ticket is from another model or transformers version")
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
+    state_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     try:
-        floats = st_load((root / FLOATS).read_bytes())
+        floats = st_load(_read(root, FLOATS, state_bytes + _MAX_MANIFEST, source))
     except (SafetensorError, ValueError) as err:
         raise ArtifactError(f"{source}: {FLOATS} does not parse ({err})") from None
     state = model.state_dict()

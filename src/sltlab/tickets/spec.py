@@ -62,22 +62,70 @@ FOLD_DEFAULTS: dict[str, Any] = {"fold": None, "mask_sharing": "unshared"}
 RECIPE_DEFAULTS: dict[str, Any] = {"n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None}
 
 
+#: The most parameters a model sltlab builds may have (4 GiB of float32 weights, as many scores again). A bound
+#: checked before anything is allocated, so a typo in a config or a crafted artifact cannot take the machine's
+#: memory; raise it with SLTLAB_MAX_PARAMS on a machine made for larger models.
+MAX_PARAMS = 2**30
+
+
+def max_params() -> int:
+    import os
+
+    text = os.environ.get("SLTLAB_MAX_PARAMS", "")
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_PARAMS
+
+
+def _architecture(spec: ModelSpec) -> nn.Module:
+    cfg = spec.model
+    if spec.arch == "encoder-classifier":
+        return EncoderClassifier(cfg)
+    if spec.arch == "causal-lm":
+        return CausalLM(cfg, logit_scale=bool(spec.options.get("logit_scale", False)))
+    if spec.arch == "mha":
+        return NormedAttention(cfg)
+    return Stack(cfg)
+
+
+def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the model's state (parameters and buffers) by name with its shape, from an architecture
+    built on the meta device: no memory is allocated and no weight is drawn."""
+    import torch
+
+    with torch.device("meta"):
+        model = _architecture(spec)
+    return {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+
+
+def param_count(spec: ModelSpec) -> int:
+    """Elements of the model's state; a tensor shared by several layers (folded, tied) counts once."""
+    import torch
+
+    with torch.device("meta"):
+        model = _architecture(spec)
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[id(t)] = t.numel()
+    return sum(seen.values())
+
+
+def check_size(spec: ModelSpec, field: str) -> int:
+    """ConfigError naming `field` when the model has more parameters than max_params(); returns the count."""
+    from sltlab.errors import ConfigError
+
+    n = param_count(spec)
+    if n > max_params():
+        raise ConfigError(field, f"the model would have {n:,} parameters, more than the {max_params():,} sltlab "
+                          "builds", "smaller sizes (or SLTLAB_MAX_PARAMS=N on a machine made for it)")
+    return n
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     """Construct the architecture, draw its weights from the seed, attach the supermask if any.
 
     A folded model (spec.model.fold) allocates one copy of the random block weights per stage. With
     mask_sharing "shared" every block of a stage uses the Supermask of the stage's first block (its scores,
     seeded by that block's names, and its mask), so a stage has one mask; "unshared" gives each block its own."""
-    cfg = spec.model
-    model: nn.Module
-    if spec.arch == "encoder-classifier":
-        model = EncoderClassifier(cfg)
-    elif spec.arch == "causal-lm":
-        model = CausalLM(cfg, logit_scale=bool(spec.options.get("logit_scale", False)))
-    elif spec.arch == "mha":
-        model = NormedAttention(cfg)
-    else:
-        model = Stack(cfg)
+    model = _architecture(spec)
     init_model(model, spec.init)
     if spec.mask is not None:
         # A stage's shared weight is a tied weight: with mask_sharing "shared" it gets one Supermask (its first

@@ -115,7 +115,7 @@ def load_run_model(store: Store, run_id: str) -> nn.Module:
     if rec.kind != "peft":
         raise ConfigError("run_id", f"{rec.run_id} is a {rec.kind} run", "the id of a peft run")
     cfg = PeftConfig(**{**rec.config, "fisher_tasks": tuple(rec.config["fisher_tasks"])})
-    manifest, tensors, stream = _read_run_artifact(store.artifact_dir(rec.run_id))
+    manifest, tensors, stream = _read_run_artifact(store.artifact_path(rec.run_id))
     model = fresh_model(pristine(cfg.model), get_task(cfg.task).n_outputs, cfg.seed, cfg.pooling)
     if cfg.method in MASK_METHODS:
         attach_masks(model)
@@ -186,7 +186,7 @@ def export_run(store: Store, run_id: str, out: str | Path) -> tuple[str, Path]:
 
     from sltlab.tickets.supermask import bake, get_masks
 
-    manifest, tensors, _ = _read_run_artifact(store.artifact_dir(rec.run_id))
+    manifest, tensors, _ = _read_run_artifact(store.artifact_path(rec.run_id))
     binary = {f"{n}.weight": m.contiguous() for n, m in get_masks(model).items()}
     bake(model)
     state = model.state_dict()

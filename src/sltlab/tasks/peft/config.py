@@ -9,12 +9,7 @@ from typing import Any
 
 from sltlab.errors import ConfigError
 from sltlab.runs.config import check_range
-from sltlab.runs.device import (
-    check_device_name,
-    check_precision,
-    run_id_fields,
-    where_fields,
-)
+from sltlab.runs.device import Where
 from sltlab.tasks.glue import get_task
 from sltlab.tasks.pretrained import model_key, resolve_model_path
 from sltlab.tickets import methods
@@ -58,7 +53,7 @@ DEFAULT_FISHER_TASKS: tuple[str, ...] = ("rte", "mrpc", "stsb", "cola")
 
 
 @dataclass(frozen=True)
-class PeftConfig:
+class PeftConfig(Where):
     """One fine-tuning run. The defaults are the paper's sizes; configs/peft_quick.toml shrinks them for CPUs.
 
     subsample: training examples (a fixed subsample drawn with data_seed, the same for every method and seed;
@@ -94,14 +89,10 @@ class PeftConfig:
     score_seed: int | None = None
     fisher_samples: int = 1000
     fisher_tasks: tuple[str, ...] = DEFAULT_FISHER_TASKS
-    # where and how (sltlab.runs.device); in the record only away from cpu / fp32 / not deterministic
-    device: str = "cpu"
-    precision: str = "fp32"
-    deterministic: bool = False
+    # device / precision / deterministic (sltlab.runs.device.Where): in the record only away from their defaults
 
     def validate(self) -> None:
-        check_device_name(self.device, "device")
-        check_precision(self.precision, "precision")
+        self.check_where()
         get_task(self.task)
         if self.method not in METHODS:
             raise ConfigError("method", f"unknown method {self.method!r}", " | ".join(METHODS))
@@ -154,7 +145,7 @@ class PeftConfig:
                 del out[k]
         for k in ("device", "precision", "deterministic"):
             del out[k]
-        out.update(run_id_fields(self.device, self.precision, self.deterministic))
+        out.update(self.where_id())
         return out
 
     @property
@@ -182,7 +173,7 @@ def fisher_tasks(cfg: PeftConfig) -> list[str]:
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Where):
     """A grid of PEFT runs (configs/peft_quick.toml). methods: "full", "ln-fisher@0.2", "ln-fisher@0.2/cv" ...
 
     lr_select: "all" runs every lr of the grid for every seed; "first-seed" runs the grid for the first seed
@@ -202,16 +193,12 @@ class SweepConfig:
     select_on: str = "train-holdout"
     holdout: int = 500
     base: dict[str, Any] = dataclasses.field(default_factory=dict)
-    # every run's device settings (sltlab.runs.device); those away from cpu/fp32 override the same keys in `base`
-    device: str = "cpu"
-    precision: str = "fp32"
-    deterministic: bool = False
+    # device / precision / deterministic (sltlab.runs.device.Where): those away from cpu/fp32 override the same keys
+    # in `base`
 
     def __post_init__(self) -> None:
-        check_device_name(self.device, "device")
-        check_precision(self.precision, "precision")
-        object.__setattr__(self, "base", {**self.base, **where_fields(self.device, self.precision,
-                                                                      self.deterministic)})
+        self.check_where()
+        object.__setattr__(self, "base", {**self.base, **self.where_fields()})
         if self.lr_select not in ("all", "first-seed"):
             raise ConfigError("lr_select", f"got {self.lr_select!r}", "all | first-seed")
         from sltlab.analysis.selection import check_select_on

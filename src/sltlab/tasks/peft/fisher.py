@@ -90,7 +90,7 @@ def ensure_fisher(
     the store)."""
     fcfg = fisher_config(cfg, task)
     rid = _run_id("peft-fisher", fcfg)
-    path = store.path.parent / "artifacts" / rid / FISHER_FILE
+    path = store.artifact_path(rid) / FISHER_FILE
     if not (store.is_finished(rid) and path.is_file()):
         cell = Cell("peft-fisher", fcfg, 0, fisher_cell, FisherArg(cfg, task, data_dir), label=f"fisher {task}")
         report = run_cells([cell], store, ExecOptions(executor="serial", threads=torch.get_num_threads(),

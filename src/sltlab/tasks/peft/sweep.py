@@ -128,5 +128,6 @@ def _summary(store: Store, run_id: str) -> str:
     stored = f"  stored={m['stored_bytes']:,} B" if "stored_bytes" in m else ""
     return (
         f"{run_id}  {c['task']:5s} {lab:16s} lr={c['lr']:<7g} seed={c['seed']}  "
-        f"{m['main_metric']}={m['main']:.2f}  trainable={m['trainable']}{masked}{stored}  ({m['wall_s']:.0f}s)"
+        f"{m['main_metric']}={m['main']:.2f}  trainable={m['trainable']}{masked}{stored}  "
+        f"({rec.timings.get('wall_s', m.get('wall_s', 0)):.0f}s)"
     )

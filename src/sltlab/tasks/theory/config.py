@@ -10,6 +10,7 @@ from typing import Any
 
 from sltlab.errors import ConfigError
 from sltlab.runs.config import apply_sets, check_range, from_dict, load_toml
+from sltlab.runs.device import Where
 from sltlab.tickets.construct import ConstructConfig
 
 DEFAULT_CONFIG = "configs/theory_quick.toml"
@@ -90,7 +91,7 @@ class WarmstartExp:
 
 
 @dataclass(frozen=True)
-class TheoryConfig:
+class TheoryConfig(Where):
     """All five experiments; a TOML file may set any subset of their fields."""
 
     width: WidthExp = field(default_factory=WidthExp)
@@ -99,18 +100,12 @@ class TheoryConfig:
     seqlen: SeqlenExp = field(default_factory=SeqlenExp)
     warmstart: WarmstartExp = field(default_factory=WarmstartExp)
     construct: ConstructConfig = field(default_factory=ConstructConfig)
-    # Where the searched cells of the width experiment run (sltlab.runs.device; in their run ids only away from
-    # cpu / fp32). Constructed tickets are a combinatorial solver on the host, and the other experiments build on
-    # them, so they run on the CPU whatever this says.
-    device: str = "cpu"
-    precision: str = "fp32"
-    deterministic: bool = False
+    # device / precision / deterministic (sltlab.runs.device.Where): where the searched cells of the width
+    # experiment run (in their run ids only away from cpu / fp32). Constructed tickets are a combinatorial solver on
+    # the host, and the other experiments build on them, so they run on the CPU whatever this says.
 
     def __post_init__(self) -> None:
-        from sltlab.runs.device import check_device_name, check_precision
-
-        check_device_name(self.device, "theory.device")
-        check_precision(self.precision, "theory.precision")
+        self.check_where("theory.")
         for name in ("width", "threshold", "angular", "seqlen", "warmstart"):
             _check_section(f"theory.{name}", getattr(self, name))
 
