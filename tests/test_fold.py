@@ -86,7 +86,9 @@ def test_fold_n_layers_is_bit_identical_to_unfolded(arch, mask):
 def test_run_ids_of_existing_configs_are_unchanged():
     # Ids computed before folding existed (main at 454474e); a folding field at its default, or fold = n_layers,
     # must not move them.
-    approx = ApproxStudy(module="stack", n_blocks=4, mlp=True, widths=(32,), variants=("pre-ln",), seeds=(0,))
+    # target="own": the target every run had before shared targets existed (issue 20); own-target ids are unchanged
+    approx = ApproxStudy(module="stack", n_blocks=4, mlp=True, widths=(32,), variants=("pre-ln",), seeds=(0,),
+                         target="own")
     lm = LMStudy(n_layers=4, methods=("edge-popup",))
     glue = GlueRunConfig(n_layers=4).resolved()
     assert make_run_id("approx", approx.cells()[0].config_dict(), 0) == "approx-5eb2bc3acbcb"
