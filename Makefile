@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick lm-golf-cpu peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,14 @@ glue-quick: install
 
 lm-quick: install
 	$(BIN)/sltlab lm configs/lm_quick.toml
+
+# The parameter-golf equal-bytes study on the CPU (docs/results/lm.md; ~3 h of one core on a quiet machine)
+lm-golf-cpu: install
+	PYTHON=$(BIN)/python bash benchmarks/lm_golf_cpu.sh probe
+	PYTHON=$(BIN)/python bash benchmarks/lm_golf_cpu.sh main
+	PYTHON=$(BIN)/python DENSE_LR=1e-2 DENSE_D_MATRICES=88 bash benchmarks/lm_golf_cpu.sh dense
+	PYTHON=$(BIN)/python bash benchmarks/lm_golf_cpu.sh ablate
+	$(BIN)/python benchmarks/lm_golf_figures.py runs/lm_golf_cpu.db --out docs/results
 
 peft-quick: install
 	$(BIN)/sltlab peft configs/peft_quick.toml

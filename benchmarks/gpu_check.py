@@ -11,6 +11,9 @@ It uses that machine's own python3, torch and transformers (nothing is installed
           dense, tokens/s, peak memory
   glue    one configs/glue_full.toml SST-2 cell for dense and edge-popup at a reduced step count, examples/s
   lm      one configs/lm_full.toml cell (edge-popup) at a reduced step count, tokens/s
+  golf    the parameter-golf submission's shape (configs/lm_golf.toml: 16 x 1024, 118,489,088 masked weights, its
+          recipe): the masked training step in <precision> on one micro-batch of 16 x 2048 tokens, step time,
+          tokens/s, peak memory, and the projected wall time of the submission's 50,000 steps x 262,144 tokens
   approx  CPU vs <device> agreement of a small approximation cell (relative difference of the held-out error)
 GLUE and LM data come from $SLTLAB_DATA (or --data-dir); where it is absent a synthetic corpus of the same layout
 is generated and the report says so (throughput is then still meaningful, accuracy is not). --tiny shrinks every
@@ -221,9 +224,64 @@ def section_lm(args: argparse.Namespace, device: Any, tmp: Path) -> dict[str, An
     study = from_dict(LMStudy, raw, prefix="lm")
     _peak_reset(device)
     _, m, t = run_cell(study.cells()[0])
+    tokens_per_s = m.get("tokens_per_s", t.get("tokens_per_s"))  # a timing, once wall clock leaves the metrics
     return {"data": source, "model": f"{study.n_layers}x d={study.d_model}, seq {study.seq_len}, "
-            f"batch {study.batch_size}", "steps": study.steps, "tokens_per_s": t["tokens_per_s"],
+            f"batch {study.batch_size}", "steps": study.steps, "tokens_per_s": tokens_per_s,
             "val_bpb": m["val_bpb"], "train_s": t["train_s"], "peak_mem_mb": _peak_mb(device)}
+
+
+def section_golf(args: argparse.Namespace, device: Any) -> dict[str, Any]:
+    import torch
+
+    from sltlab.runs.config import load_toml
+    from sltlab.tasks.lm_run import LMRun, study_from_dict
+    from sltlab.tasks.text import lm_loss
+    from sltlab.tickets.search import run_search
+    from sltlab.tickets.spec import build_model
+
+    raw = load_toml(ROOT / "configs" / "lm_golf.toml")
+    full_tokens = raw["batch_size"] * raw["seq_len"]  # the submission's tokens per optimiser step
+    full_steps = raw["steps"]
+    micro, seq = 16, raw["seq_len"]
+    if args.tiny:
+        raw.update(d_model=32, n_heads=4, n_kv_heads=2, n_layers=2, vocab_size=1024, seq_len=32, warmdown_steps=2)
+        micro, seq = 4, 32
+    warm, timed = (2, 3) if args.tiny else (3, args.golf_steps)
+    raw.update(steps=warm + timed, warmdown_steps=min(raw.get("warmdown_steps", 0), 2), device=args.device,
+               precision=args.precision, methods=["annealed+scales"])
+    study = study_from_dict(raw)
+    run = LMRun(study, "annealed+scales", 0)
+    t0 = time.perf_counter()
+    model = build_model(run.spec()).to(device)
+    build_s = time.perf_counter() - t0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, study.vocab_size, (micro, seq + 1), generator=g).to(device)
+    batch = (x[:, :-1], x[:, 1:])
+    cfg = run.search_config()
+    from dataclasses import replace as _replace
+
+    run_search(model, lm_loss, [batch], _replace(cfg, steps=warm, warmdown_steps=0), progress=False,
+               log_every=warm, precision=args.precision)
+    _sync(device)
+    _peak_reset(device)
+    t1 = time.perf_counter()
+    run_search(model, lm_loss, [batch], _replace(cfg, steps=timed, warmdown_steps=0), progress=False,
+               log_every=timed, precision=args.precision)
+    _sync(device)
+    step_s = (time.perf_counter() - t1) / timed
+    tokens_per_s = micro * seq / step_s
+    masked = sum(sm.scores.numel() for sm in {id(m): m for m in _supermasks(model)}.values())
+    return {"shape": f"{study.n_layers} x d {study.d_model}, {study.n_heads}/{study.n_kv_heads} heads, "
+            f"vocab {study.vocab_size}, micro-batch {micro} x {seq}", "masked_weights": masked,
+            "precision": args.precision, "build_s": build_s, "micro_step_s": step_s, "tokens_per_s": tokens_per_s,
+            "peak_mem_mb": _peak_mb(device), "submission_tokens_per_step": full_tokens,
+            "projected_50k_steps_h": full_steps * full_tokens / tokens_per_s / 3600, "tiny": args.tiny}
+
+
+def _supermasks(model: Any) -> list[Any]:
+    from sltlab.tickets.supermask import supermasks
+
+    return list(supermasks(model).values())
 
 
 def section_approx(args: argparse.Namespace, device: Any) -> dict[str, Any]:
@@ -290,6 +348,15 @@ def _markdown(res: dict[str, Any]) -> str:
                   "| model | steps | tokens/s (train) | val bpb | peak memory (MB) |", "|---|---|---|---|---|",
                   f"| {r['model']} | {r['steps']} | {r['tokens_per_s']:.0f} | {r['val_bpb']:.3f} | "
                   f"{r['peak_mem_mb']:.0f} |", ""]
+    if "golf" in s and "tokens_per_s" in s["golf"]:
+        r = s["golf"]
+        lines += ["## The parameter-golf submission's shape (configs/lm_golf.toml, annealed + golf scales)", "",
+                  f"{r['shape']}, {r['masked_weights']:,} masked weights, {r['precision']}"
+                  + (" (--tiny: a small stand-in shape)" if r["tiny"] else ""), "",
+                  "| micro-step (s) | tokens/s | peak memory (MB) | projected 50,000 steps x "
+                  f"{r['submission_tokens_per_step']:,} tokens (h) |", "|---|---|---|---|",
+                  f"| {r['micro_step_s']:.4f} | {r['tokens_per_s']:.0f} | {r['peak_mem_mb']:.0f} | "
+                  f"{r['projected_50k_steps_h']:.1f} |", ""]
     if "approx" in s and "rows" in s["approx"]:
         lines += ["## CPU vs device agreement (approx cell, d=16, 2 heads, width 32)", "",
                   "| variant | precision on device | CPU fp32 error | device error | relative difference |",
@@ -311,10 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     p.add_argument("--tiny", action="store_true", help="tiny shapes: the CPU smoke run, under a minute")
     p.add_argument("--data-dir", help="folder holding glue/ and tinyshakespeare/ (default $SLTLAB_DATA)")
-    p.add_argument("--sections", default="tests,step,glue,lm,approx", help="comma-separated subset")
+    p.add_argument("--sections", default="tests,step,glue,lm,golf,approx", help="comma-separated subset")
     p.add_argument("--step-steps", type=int, default=20, help="timed steps per mode in the step section")
     p.add_argument("--glue-steps", type=int, default=300, help="steps of each GLUE cell")
     p.add_argument("--lm-steps", type=int, default=300, help="steps of the LM cell")
+    p.add_argument("--golf-steps", type=int, default=10, help="timed micro-steps of the golf shape")
     args = p.parse_args(argv)
     t_start = time.perf_counter()
     sys.path.insert(0, str(ROOT / "src"))
@@ -354,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             "step": lambda: section_step(args, device),
             "glue": lambda: section_glue(args, device, tmp / "glue"),
             "lm": lambda: section_lm(args, device, tmp / "lm"),
+            "golf": lambda: section_golf(args, device),
             "approx": lambda: section_approx(args, device),
         }
         for name in wanted:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -22,7 +24,7 @@ def test_gpu_check_tiny_on_the_cpu(tmp_path: Path) -> None:
     res = json.loads((out / "gpu_check.json").read_text())
     assert res["ok"] and res["failed"] == [] and res["device"] == "cpu" and res["tiny"]
     s = res["sections"]
-    assert set(s) == {"tests", "step", "glue", "lm", "approx"}
+    assert set(s) == {"tests", "step", "glue", "lm", "golf", "approx"}
     assert s["tests"]["returncode"] == 0 and " passed" in s["tests"]["summary"]
     modes = {r["mode"]: r for r in s["step"]["rows"]}
     assert set(modes) == {"dense", "edge-popup", "annealed", "edge-popup-global"}
@@ -31,9 +33,13 @@ def test_gpu_check_tiny_on_the_cpu(tmp_path: Path) -> None:
     assert [r["method"] for r in s["glue"]["rows"]] == ["dense", "edge-popup"]
     assert all(r["examples_per_s"] > 0 and 0 <= r["accuracy"] <= 1 for r in s["glue"]["rows"])
     assert s["lm"]["tokens_per_s"] > 0 and s["lm"]["val_bpb"] > 0
+    golf = s["golf"]
+    assert golf["tokens_per_s"] > 0 and golf["masked_weights"] > 0 and golf["tiny"]
+    assert golf["submission_tokens_per_step"] == 262_144
+    assert golf["projected_50k_steps_h"] == pytest.approx(50_000 * 262_144 / golf["tokens_per_s"] / 3600)
     fp32 = [r for r in s["approx"]["rows"] if r["precision"] == "fp32"]
     assert fp32 and all(r["relative_difference"] == 0.0 for r in fp32)  # CPU against CPU: bit-identical
     md = (out / "gpu_check.md").read_text()
     for heading in ("# GPU check", "## Device tests", "## Masked vs dense step", "## GLUE cell", "## LM cell",
-                    "## CPU vs device agreement", "all sections passed"):
+                    "## CPU vs device agreement", "## The parameter-golf submission's shape", "all sections passed"):
         assert heading in md

@@ -8,9 +8,16 @@ DESCRIPTION = """\
 Train a byte-level causal transformer (vocabulary 256) on raw text, densely or as a strong lottery ticket
 inside its random weights, and score it in validation bits per byte.
 
-Methods: dense | edge-popup | annealed, each optionally with '+scales' (the parameter-golf recipe: learned
-per-block attention/MLP residual scales, per-head mask scales and a pre-logit scale). Data: tinyshakespeare
-(90/10 split), wikitext-2 (official train/valid) under the data folder, or the path of any text file.
+Methods: dense | edge-popup | annealed, each optionally with '+scales' (learned continuous scales:
+scale_groups = 'sltlab' (scalar residual scales, per-head mask scales, a logit scale) or 'golf' (the
+parameter-golf submission's attn_scale/mlp_scale per channel, head_scale per head, pre_logit_scale)). Data:
+tinyshakespeare (90/10 split), wikitext-2 (official train/valid) under the data folder, the path of any text
+file, or shards:DIR (the parameter-golf challenge's uint16 token shards, with tokenizer = 'sentencepiece' and
+tokenizer_model = its .model file). Tokenizers: bytes (default), bpe, sentencepiece (bits per byte counted by the
+challenge's byte rules).
+
+Presets (--set preset=NAME): 'submission' = the parameter-golf supermask submission's recipe setting for setting,
+'sltlab' = sltlab's tuned recipe; a config's own settings win over its preset's (docs/results/lm.md).
 
 Every method x seed is a run in the store (kind 'lm'), keyed by a hash of its config, so a repeated command
 skips finished cells. Each run also writes ticket.safetensors and the compact artifact ticket.slt; its size
@@ -25,6 +32,10 @@ examples:
   sltlab lm --dataset my_corpus.txt --set norm=pre-rms --set keep=0.3
   sltlab lm configs/lm_full.toml --store runs/lm_full.db --device cuda     # GPU-sized; see docs/results/lm.md
   sltlab lm configs/lm_fold.toml --set mask_sharing=shared   # one random block at every depth; docs/results/fold.md
+  sltlab lm configs/lm_golf.toml --dry-run          # the submission's 16 x 1024 shape and its byte budget
+  sltlab lm configs/lm_golf_cpu.toml --set preset=sltlab     # the same shape under sltlab's tuned recipe
+  sltlab lm configs/lm_golf.toml --set dataset=shards:data/fineweb10B_sp1024 \
+      --set tokenizer_model=data/fineweb_1024_bpe.model --device cuda --precision bf16   # the challenge's data
 """
 
 # Shorthands kept from the first release; every LMStudy field is also reachable as --set FIELD=VALUE.
@@ -69,35 +80,36 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sltlab.commands.common import check_devices, dry_run, load_config, parse_names, parse_seeds, run_and_report
-    from sltlab.runs.config import from_dict
     from sltlab.runs.store import Store
-    from sltlab.tasks.lm_run import LMStudy, study_cells
+    from sltlab.tasks.lm_run import describe, study_cells, study_from_dict
 
     data = load_config(args)
     overrides = {name: getattr(args, name) for name, _ in _FLAGS}
     overrides.update(methods=parse_names(args.methods, "--methods"), seeds=parse_seeds(args.seeds), store=args.store,
                      device=args.device, precision=args.precision)
     data.update({k: v for k, v in overrides.items() if v is not None})
-    study = from_dict(LMStudy, data, prefix="lm")
+    study = study_from_dict(data)
     cells = study_cells(study, args.data_dir)
     if args.dry_run:
+        print(describe(study))
         return dry_run(cells, study.store)
     from sltlab.tickets.spec import check_size
 
     for run in study.cells():  # the largest model (dense may have its own width) within the budget
         check_size(run.spec(), "lm.d_model")
     check_devices(study.device, "lm.device", args)
-    # The text is read here, before the store is opened and a run started: a missing or too short file is the
-    # input's fault, not a failed run's (reading it twice costs well under a second for these corpora).
-    from sltlab.tasks.text import check_length, load_corpus
+    # The data is read (and tokenized) here, before the store is opened and a run started: a missing or too short
+    # file is the input's fault, not a failed run's; and a budget past one pass over it is said before it runs.
+    from sltlab.tasks.lm_run import passes, prepare_corpus
 
-    check_length(load_corpus(study.dataset, args.data_dir, study.val_fraction), study.seq_len)
-    print(
-        f"lm '{study.name}': {study.dataset}, d={study.d_model} layers={study.n_layers} "
-        f"heads={study.n_heads} "
-        f"seq={study.seq_len} batch={study.batch_size} steps={study.steps}, {len(cells)} cells "
-        f"-> {study.store}"
-    )
+    corpus = prepare_corpus(study, args.data_dir)
+    print(describe(study))
+    n = passes(study, corpus)
+    unit = "tokens" if corpus.tokenized else "bytes"
+    print(f"lm: {study.steps:,} steps x {study.batch_size} x {study.seq_len} = "
+          f"{study.steps * study.batch_size * study.seq_len:,} {unit} = {n:.2f} passes over the train split "
+          f"({corpus.train.numel():,} {unit})" + (" -- the budget reads the corpus more than once" if n > 1 else ""))
+    print(f"lm '{study.name}': {len(cells)} cells -> {study.store}")
     report = run_and_report(cells, study.store, args)
     with Store(study.store, readonly=True) as store:
         records = [r for r in (store.get(i) for i in report.run_ids) if r.status == "finished"]

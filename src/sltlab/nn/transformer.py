@@ -13,6 +13,20 @@ s * (n_layers / S). S = n_layers is therefore today's network bit for bit, and S
 every depth. Norms and residual scales stay per block. Supermasks attach per module as always, so each block keeps
 its own mask over the shared weights (`mask_sharing = "unshared"`); "shared" (one mask per stage, the plain
 recurrent network) is arranged by `sltlab.tickets.spec.build_model`.
+
+The parameter-golf architecture (openai/parameter-golf's baseline and its supermask submission) is a set of
+options, each off by default so that every earlier spec builds the same network, bit for bit:
+    activation "relu2"      relu(x)^2 in the MLP (the challenge's baseline; "relu" is the supermask submission's)
+    mlp_mult                hidden width = mlp_mult x d_model (d_ff, when given, wins; neither = 4 x d_model)
+    norm "pre-rms+noaffine" RMS norms without a gain parameter (sltlab.nn.norm.BareRMSNorm)
+    qk_norm                 q and k RMS-normed per head (no gain) before the positions are applied
+    embed_norm              the token embedding's output RMS-normed before the first block
+    positions "rope"        rotary positions on q and k (base rope_base), no learned position table
+    scale_groups "golf"     the submission's continuous knobs: per-block attn_scale[d] and mlp_scale[d] on the
+                            residual branches, head_scale[H] on each head's attention output (before the output
+                            projection), pre_logit_scale[d] on the final hidden state before the LM head
+Causal attention without padding goes through SDPA's `is_causal` path (no materialised mask: the flash kernel on a
+GPU), which on the CPU gives the same bits as the explicit triangular mask it replaced (tests/test_golf_model.py).
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ class ModelConfig:
     d_ff: int | None = None
     mlp: bool = True
     bias: bool = False
-    activation: Literal["gelu", "relu"] = "gelu"
+    activation: Literal["gelu", "relu", "relu2"] = "gelu"
     norm: NormSpec = field(default_factory=NormSpec)
     final_norm: bool = True
     residual_scales: bool = False
@@ -59,6 +73,13 @@ class ModelConfig:
     n_kv_heads: int | None = None
     tie_embeddings: bool = False
     logit_softcap: float | None = None
+    # The parameter-golf architecture (module docstring); defaults: off.
+    mlp_mult: int | None = None
+    qk_norm: bool = False
+    embed_norm: bool = False
+    positions: Literal["learned", "rope"] = "learned"
+    rope_base: float = 10000.0
+    scale_groups: Literal["none", "golf"] = "none"
 
     def validate(self) -> None:
         for name in ("d_model", "n_heads", "n_layers"):
@@ -81,6 +102,29 @@ class ModelConfig:
         if self.logit_softcap is not None and not (self.logit_softcap > 0 and math.isfinite(self.logit_softcap)):
             raise ConfigError("model.logit_softcap", f"{self.logit_softcap!r} is not a positive number",
                               "a number > 0 (e.g. 30), or omitted for no cap")
+        self._validate_golf()
+
+    def _validate_golf(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError("model.activation", f"unknown activation {self.activation!r}", " | ".join(ACTIVATIONS))
+        m = self.mlp_mult
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ConfigError("model.mlp_mult", f"{m!r} is not a width multiple", "an integer >= 1, or omitted")
+        if m is not None and self.d_ff is not None:
+            raise ConfigError("model.mlp_mult", f"both mlp_mult={m} and d_ff={self.d_ff} set the MLP width",
+                              "one of them")
+        if self.positions not in ("learned", "rope"):
+            raise ConfigError("model.positions", f"unknown positions {self.positions!r}", "learned | rope")
+        if self.positions == "rope" and self.head_dim_qk % 2:
+            raise ConfigError("model.positions", f"rotary positions pair the {self.head_dim_qk} query/key "
+                              "channels of a head, an odd number", "an even per-head width, or 'learned'")
+        if not (self.rope_base > 1 and math.isfinite(self.rope_base)):
+            raise ConfigError("model.rope_base", f"{self.rope_base!r} is not a rotary base", "a number > 1")
+        if self.scale_groups not in ("none", "golf"):
+            raise ConfigError("model.scale_groups", f"unknown scale groups {self.scale_groups!r}", "none | golf")
+        if self.scale_groups == "golf" and self.residual_scales:
+            raise ConfigError("model.scale_groups", "'golf' has per-channel residual scales of its own, and "
+                              "residual_scales asks for scalar ones too", "one of them")
 
     def _validate_fold(self) -> None:
         f = self.fold
@@ -114,7 +158,9 @@ class ModelConfig:
 
     @property
     def ff_width(self) -> int:
-        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+        if self.d_ff is not None:
+            return self.d_ff
+        return (self.mlp_mult if self.mlp_mult is not None else 4) * self.d_model
 
     @property
     def stages(self) -> int:
@@ -130,20 +176,43 @@ class ModelConfig:
         return replace(self, norm=norm)
 
 
+ACTIVATIONS = ("gelu", "relu", "relu2")
+
+
+def rotary_tables(seq_len: int, dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, (seq_len, dim / 2), of the rotation angles t * base^(-2i / dim), in float32."""
+    inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=device) / dim)
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel i with channel i + dim/2 of every head by the position's angle; x: (B, H, T, dim)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
+
+
 class MultiHeadAttention(nn.Module):
     """softmax(q k^T / sqrt(n_k)) v, per head; q: d -> H*n_k, k: d -> G*n_k, v: d -> G*n_v, o: H*n_v -> d.
 
     G = n_kv_heads (default H): grouped-query attention, query heads h*H/G .. (h+1)*H/G - 1 read key/value head h.
-    With G = H the layer is plain multi-head attention, same parameter names and shapes."""
+    With G = H the layer is plain multi-head attention, same parameter names and shapes.
+    qk_norm: q and k RMS-normed per head (no gain); rope_base: rotary positions on q and k (None: none);
+    head_scale: a learned scale per head on its output, before o (the parameter-golf `head_scale` group)."""
 
-    def __init__(self, d: int, n_heads: int, n_k: int, n_v: int, bias: bool = False, n_kv_heads: int | None = None):
+    def __init__(self, d: int, n_heads: int, n_k: int, n_v: int, bias: bool = False, n_kv_heads: int | None = None,
+                 qk_norm: bool = False, rope_base: float | None = None, head_scale: bool = False):
         super().__init__()
         kv = n_heads if n_kv_heads is None else n_kv_heads
         self.n_heads, self.n_kv_heads, self.head_dim_qk, self.head_dim_v = n_heads, kv, n_k, n_v
+        self.qk_norm, self.rope_base = qk_norm, rope_base
         self.q = nn.Linear(d, n_heads * n_k, bias=bias)
         self.k = nn.Linear(d, kv * n_k, bias=bias)
         self.v = nn.Linear(d, kv * n_v, bias=bias)
         self.o = nn.Linear(n_heads * n_v, d, bias=bias)
+        self.head_scale = nn.Parameter(torch.ones(n_heads)) if head_scale else None
         # Tells per-head supermask scales how the heads lie in each weight: (heads, axis).
         self.q._sltlab_heads = (n_heads, 0)  # type: ignore[attr-defined]
         for lin in (self.k, self.v):
@@ -164,17 +233,22 @@ class MultiHeadAttention(nn.Module):
         G = self.n_kv_heads
         k = self.k(x).view(B, T, G, self.head_dim_qk).transpose(1, 2)
         v = self.v(x).view(B, T, G, self.head_dim_v).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.shape[-1],)), F.rms_norm(k, (k.shape[-1],))
+        if self.rope_base is not None:
+            cos, sin = rotary_tables(T, self.head_dim_qk, self.rope_base, x.device)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if G != H:  # each key/value head serves H / G consecutive query heads
             k = k.repeat_interleave(H // G, dim=1)
             v = v.repeat_interleave(H // G, dim=1)
         mask = None
         if pad_mask is not None:
             mask = pad_mask[:, None, None, :].bool()
-        if causal:
-            tri = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            mask = tri if mask is None else mask & tri
         scale = 1.0 / math.sqrt(self.head_dim_qk)
         if need_weights:
+            if causal:
+                tri = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                mask = tri if mask is None else mask & tri
             logits = (q @ k.transpose(-2, -1)) * scale
             if mask is not None:
                 logits = logits.masked_fill(~mask, float("-inf"))
@@ -182,7 +256,15 @@ class MultiHeadAttention(nn.Module):
             y = attn @ v
         else:
             attn = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+            if causal and mask is None:  # SDPA's own causal path: no mask tensor, flash-capable on a GPU
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            else:
+                if causal:
+                    tri = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+                    mask = tri if mask is None else mask & tri
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+        if self.head_scale is not None:
+            y = y * self.head_scale.to(y.dtype)[None, :, None, None]
         y = y.transpose(1, 2).reshape(B, T, H * self.head_dim_v)
         return self.o(y), attn
 
@@ -193,9 +275,11 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(d, d_ff, bias=bias)
         self.fc2 = nn.Linear(d_ff, d, bias=bias)
         self.act = nn.GELU() if activation == "gelu" else nn.ReLU()
+        self.square = activation == "relu2"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        h = self.act(self.fc1(x))
+        return self.fc2(h.square() if self.square else h)
 
 
 class Block(nn.Module):
@@ -212,16 +296,21 @@ class Block(nn.Module):
         tied = (lambda: torch.device("meta")) if tie_to is not None else contextlib.nullcontext
         with tied():
             self.attn = MultiHeadAttention(d, cfg.n_heads, cfg.head_dim_qk, cfg.head_dim_v, bias=cfg.bias,
-                                           n_kv_heads=cfg.n_kv_heads)
+                                           n_kv_heads=cfg.n_kv_heads, qk_norm=cfg.qk_norm,
+                                           rope_base=cfg.rope_base if cfg.positions == "rope" else None,
+                                           head_scale=cfg.scale_groups == "golf")
         self.norm1 = make_norm(cfg.norm, d)
         with tied():
             self.mlp = MLP(d, cfg.ff_width, bias=cfg.bias, activation=cfg.activation) if cfg.mlp else None
         self.norm2 = make_norm(cfg.norm, d) if cfg.mlp else None
         if tie_to is not None:
             _tie_linears(self, tie_to, own_mask=cfg.mask_sharing == "unshared")
-        if cfg.residual_scales:
-            self.attn_scale = nn.Parameter(torch.ones(()))
-            self.mlp_scale = nn.Parameter(torch.ones(())) if cfg.mlp else None
+            if self.attn.head_scale is not None:  # a scale, like a norm, stays the block's own
+                self.attn.head_scale = nn.Parameter(torch.ones(cfg.n_heads))
+        if cfg.residual_scales or cfg.scale_groups == "golf":
+            shape = (d,) if cfg.scale_groups == "golf" else ()  # golf: one scale per channel
+            self.attn_scale = nn.Parameter(torch.ones(shape))
+            self.mlp_scale = nn.Parameter(torch.ones(shape)) if cfg.mlp else None
         else:
             self.attn_scale = self.mlp_scale = None
 
@@ -354,7 +443,10 @@ class CausalLM(nn.Module):
     """A decoder-only LM: embeddings, causal stack, optional learned pre-logit scale, linear LM head.
 
     cfg.tie_embeddings: lm_head.weight *is* tok_emb.weight (one Parameter: drawn once, by the embedding's name,
-    masked once, stored once); cfg.logit_softcap = c: logits -> c * tanh(logits / c), after the pre-logit scale."""
+    masked once, stored once); cfg.logit_softcap = c: logits -> c * tanh(logits / c), after the pre-logit scale.
+    cfg.positions "rope": no position table (the blocks rotate q and k); cfg.embed_norm: the embedding's output is
+    RMS-normed; cfg.scale_groups "golf": pre_logit_scale[d] multiplies the final hidden state before the LM head
+    (`logit_scale`, a scalar on the logits, is sltlab's own knob)."""
 
     def __init__(self, cfg: ModelConfig, logit_scale: bool = False):
         super().__init__()
@@ -362,20 +454,26 @@ class CausalLM(nn.Module):
             raise ConfigError("model.vocab_size", "a language model needs a vocabulary", "an integer >= 1")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model) if cfg.positions == "learned" else None
         self.stack = Stack(cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         self.logit_scale = nn.Parameter(torch.ones(())) if logit_scale else None
+        self.pre_logit_scale = nn.Parameter(torch.ones(cfg.d_model)) if cfg.scale_groups == "golf" else None
 
     def forward(self, idx: torch.Tensor, need_weights: bool = False):
         T = idx.shape[1]
         if self.cfg.max_len < T:
             raise ConfigError("model.max_len", f"input length {T} exceeds max_len {self.cfg.max_len}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(pos)[None]
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))[None]
+        if self.cfg.embed_norm:
+            x = F.rms_norm(x, (x.shape[-1],))
         h, attns, _ = self.stack(x, None, causal=True, need_weights=need_weights)
+        if self.pre_logit_scale is not None:
+            h = h * self.pre_logit_scale.to(h.dtype)
         logits = self.lm_head(h)
         if self.logit_scale is not None:
             logits = logits * self.logit_scale

@@ -4,24 +4,43 @@ Methods (each optionally with "+scales"):
     dense            every weight trained (the reference of the same shape);
     edge-popup       top-`keep` masks over the random weights, straight-through (Ramanujan et al. 2020);
     annealed         sampled masks with an annealed temperature, deterministic 1[scores > 0] at the end.
-"+scales" is the parameter-golf recipe: learned per-block attention/MLP residual scales
-(`ModelConfig(residual_scales=True)`), per-head scales on q/k/v/o and per-layer ones elsewhere
-(`SupermaskConfig(scale="head")`), and a learned pre-logit scale (`ModelSpec(options={"logit_scale": True})`).
+"+scales" adds learned continuous scales, `scale_groups`:
+    sltlab  per-block scalar attention/MLP residual scales (`ModelConfig(residual_scales=True)`), per-head scales on
+            q/k/v/o and per-layer ones elsewhere (`SupermaskConfig(scale="head")`), a scalar logit scale
+            (`ModelSpec(options={"logit_scale": True})`): a few hundred floats;
+    golf    the parameter-golf submission's groups (`ModelConfig(scale_groups="golf")`): attn_scale[d] and
+            mlp_scale[d] per block, head_scale[H] on the attention output, pre_logit_scale[d] (33,920 floats at
+            16 x 1024).
 A random network cannot change its weights' magnitudes, so these few floats are what let a mask match the
 output scale.
 
+The submission's architecture and recipe are options (their defaults keep every earlier run id): activation,
+mlp_mult, a gain-free RMS norm, qk_norm, embed_norm, rotary positions; `score_init` (scores start at a constant,
+mask 1[s >= 0]); `data_order` ("stream": the text in order, as the challenge's loader reads it); `preset`
+(PRESETS: "submission" is its recipe setting for setting, "sltlab" sltlab's tuned one), filled in under a config's
+own settings when the study is read. `seed` is the weight seed (the random network, the unit of replication);
+`score_seed` (default: `seed`) seeds the score draw and the batch order. Data: text files and corpora as bytes,
+byte-level BPE or SentencePiece (a model file, or one trained on the train split), or the challenge's token shards
+(`dataset = "shards:DIR"`), bits per byte counted by the challenge's byte rules (sltlab.tasks.tokens).
+
 Every cell is a run in the store (kind "lm"): config {dataset, method, scales, norm, seed, shape, ...},
-config also `data`, the fingerprint of the corpus files (sltlab.paths.fingerprint); metrics {val_bpb,
-artifact_bytes, params, density, ...}, timings {train_s, tokens_per_s, ...} (wall-clock values are timings, so two
-identical runs have identical metrics); beside it `ticket.safetensors` (the
-checkpoint) and `ticket.slt` (the compact artifact whose size is reported).
+config also `data`, the fingerprint of the corpus files (sltlab.paths.fingerprint; for SentencePiece also the
+model file); metrics {val_bpb, artifact_bytes, params, density, ...}, timings {train_s, tokens_per_s, ...}
+(wall-clock values are timings, so two identical runs have identical metrics); beside it `ticket.safetensors` (the
+checkpoint) and `ticket.slt` (the compact artifact whose size is reported); a dense run also writes `dense.int8`
+(the challenge's int8 + zlib rules, sltlab.tickets.quant) and scores it reloaded (int8_val_bpb). code_bytes: the
+sltlab files a fresh interpreter imports to load and score an artifact (measured, `loader_files`).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
+import math
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +63,7 @@ from sltlab.runs.device import (
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tasks.text import (
     VOCAB,
+    ByteCorpus,
     check_bpe_vocab,
     check_length,
     corpus_files,
@@ -51,6 +71,7 @@ from sltlab.tasks.text import (
     lm_loss,
     load_corpus,
     random_batches,
+    stream_batches,
     tokenize_bpe,
 )
 from sltlab.tickets import methods
@@ -62,11 +83,43 @@ KIND = "lm"
 MAX_SEQ_LEN = 65536
 BASE_METHODS = methods.names("lm")  # the methods registry (sltlab.tickets.methods)
 SCALE_FREE = ("*attn_scale", "*mlp_scale", "logit_scale")
+GOLF_FREE = ("*attn_scale", "*mlp_scale", "*head_scale", "pre_logit_scale")  # the submission's four groups
+SHARDS = "shards:"  # dataset = "shards:DIR": the challenge's token shards in DIR
 RECIPE_DEFAULTS: dict[str, Any] = {
     "n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None, "lr_schedule": "cosine",
     "warmdown_steps": 0, "temperature_schedule": "geometric", "forward_mask": "sample", "tokenizer": "bytes",
     "lr_scales": None,
+    # issue 22: the submission's architecture, its scale groups and mask start, data order, tokenizer file,
+    # and the score seed (issue 20). Hashed only where they differ from these, so earlier run ids stay.
+    "activation": "gelu", "mlp_mult": None, "qk_norm": False, "embed_norm": False, "positions": "learned",
+    "scale_groups": "sltlab", "score_init": None, "data_order": "random", "tokenizer_model": None,
+    "score_seed": None,
 }
+#: Recipe presets (`preset = NAME` in a config, `--set preset=NAME` on the command line): the settings each
+#: names are filled in under the config's own, so a config that sets one of them keeps its value.
+#:   submission  the parameter-golf supermask submission (PR 1753, train_supermask.py), setting for setting:
+#:               scores start at 0 and the mask is 1[s >= 0] (every weight kept at step 0), the forward is that
+#:               mask with the sigmoid(s/T) gradient, T linear 1 -> 0.5, Adam lr 0.1 for masks and scales alike,
+#:               constant lr with no warm-up and a 200-step linear warm-down, clip 1.0, its four scale groups,
+#:               batches streamed in order (no shuffling)
+#:   sltlab      sltlab's tuned recipe (docs/results/lm.md, issue 14's grid): centred seeded scores (mask 1[s > 0]),
+#:               the same threshold forward, T geometric 1 -> 0.5, mask lr 0.02, scales lr 0.01, 10 warm-up and
+#:               60 warm-down steps, sltlab's scales (scalar residual scales, per-head mask scales on q/k/v/o, a
+#:               logit scale), random windows
+PRESETS: dict[str, dict[str, Any]] = {
+    "submission": {
+        "forward_mask": "threshold", "score_init": 0.0, "temperature_start": 1.0, "temperature_end": 0.5,
+        "temperature_schedule": "linear", "lr_annealed": 0.1, "lr_scales": 0.1, "lr_schedule": "constant",
+        "warmup": 0, "warmdown_steps": 200, "grad_clip": 1.0, "scale_groups": "golf", "data_order": "stream",
+    },
+    "sltlab": {
+        "forward_mask": "threshold", "score_init": None, "temperature_start": 1.0, "temperature_end": 0.5,
+        "temperature_schedule": "geometric", "lr_annealed": 0.02, "lr_scales": 0.01, "lr_schedule": "constant",
+        "warmup": 10, "warmdown_steps": 60, "grad_clip": 1.0, "scale_groups": "sltlab", "data_order": "random",
+    },
+}
+#: The challenge's artifact cap (bytes of the artifact + bytes of the code).
+BYTE_CAP = 16_000_000
 
 
 def parse_method(text: str, field: str = "lm.methods") -> tuple[str, bool]:
@@ -127,8 +180,26 @@ class LMStudy(Where):
     # peak lr of the trainable floats that are not scores (the scale groups, a trainable norm) in ticket runs;
     # None = the method's own lr (scores and scales alike, as before)
     lr_scales: float | None = None
-    tokenizer: Literal["bytes", "bpe"] = "bytes"
-    vocab_size: int = 1024                 # the BPE's vocabulary (bytes: always 256)
+    tokenizer: Literal["bytes", "bpe", "sentencepiece"] = "bytes"
+    vocab_size: int = 1024                 # the BPE's / SentencePiece model's vocabulary (bytes: always 256)
+    # sentencepiece: the .model file to use; None = train one on the train split with the challenge's settings
+    tokenizer_model: str | None = None
+    # The submission's architecture (sltlab.nn.transformer's module docstring); defaults: sltlab's.
+    activation: Literal["gelu", "relu", "relu2"] = "gelu"
+    mlp_mult: int | None = None
+    qk_norm: bool = False
+    embed_norm: bool = False
+    positions: Literal["learned", "rope"] = "learned"
+    # what "+scales" adds: "sltlab" (scalar residual scales, per-head mask scales, a logit scale) or "golf" (the
+    # submission's: attn_scale[d], mlp_scale[d], head_scale[H] on the attention output, pre_logit_scale[d])
+    scale_groups: Literal["sltlab", "golf"] = "sltlab"
+    # annealed masks: every score starts here and the mask keeps ties (1[s >= 0]); None = seeded, centred draw
+    score_init: float | None = None
+    # batches: "random" windows (seeded) or "stream" (the text in order, as the challenge's loader reads it)
+    data_order: Literal["random", "stream"] = "random"
+    # the seed of the score init and the batch order; None = `seed` (the weight seed), as before issue 20
+    score_seed: int | None = None
+    preset: str | None = None              # recorded; applied when the study is read (study_from_dict)
     # The equal-bytes partner: dense cells use this width instead of d_model (an int8 dense model stored in
     # about the bytes of the supermask model's masks); None = the same shape as the tickets.
     dense_d_model: int | None = None
@@ -176,10 +247,32 @@ class LMStudy(Where):
         if self.forward_mask not in ("sample", "threshold"):
             raise ConfigError("lm.forward_mask", f"unknown forward mask {self.forward_mask!r}",
                               "sample | threshold (annealed masks)")
-        if self.tokenizer not in ("bytes", "bpe"):
+        if self.tokenizer not in ("bytes", "bpe", "sentencepiece"):
             raise ConfigError("lm.tokenizer", f"unknown tokenizer {self.tokenizer!r}",
-                              "bytes (256 byte values) | bpe (byte-level BPE of vocab_size tokens)")
+                              "bytes (256 byte values) | bpe (byte-level BPE of vocab_size tokens) | sentencepiece "
+                              "(a SentencePiece model: tokenizer_model, else one trained on the train split)")
         check_bpe_vocab(self.vocab_size, "lm.vocab_size")
+        if self.tokenizer_model is not None and self.tokenizer != "sentencepiece":
+            raise ConfigError("lm.tokenizer_model", f"a SentencePiece model is given but tokenizer is "
+                              f"{self.tokenizer!r}", "tokenizer = 'sentencepiece', or no tokenizer_model")
+        if self.dataset.startswith(SHARDS) and self.tokenizer != "sentencepiece":
+            raise ConfigError("lm.tokenizer", "token shards are SentencePiece ids; their bytes are counted through "
+                              "the model's pieces", "tokenizer = 'sentencepiece' with tokenizer_model = the "
+                              "shards' .model file")
+        if self.dataset.startswith(SHARDS) and self.tokenizer_model is None:
+            raise ConfigError("lm.tokenizer_model", "token shards need the SentencePiece model that made them "
+                              "(to count bytes)", "the path of its .model file")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError("lm.preset", f"unknown preset {self.preset!r}", " | ".join(PRESETS))
+        if self.scale_groups not in ("sltlab", "golf"):
+            raise ConfigError("lm.scale_groups", f"unknown scale groups {self.scale_groups!r}",
+                              "sltlab | golf (what '+scales' adds)")
+        if self.data_order not in ("random", "stream"):
+            raise ConfigError("lm.data_order", f"unknown data order {self.data_order!r}", "random | stream")
+        if self.score_seed is not None:
+            check_range("lm.score_seed", self.score_seed, 0, 2**62)
+        if self.score_init is not None:
+            SupermaskConfig(method="annealed", score_init=self.score_init)
         if self.dense_d_model is not None:
             check_range("lm.dense_d_model", self.dense_d_model, 1)
             if self.dense_d_model % self.n_heads:
@@ -188,7 +281,11 @@ class LMStudy(Where):
         try:
             ModelConfig(d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, fold=self.fold,
                         mask_sharing=self.mask_sharing, n_kv_heads=self.n_kv_heads,
-                        logit_softcap=self.logit_softcap)
+                        logit_softcap=self.logit_softcap, activation=self.activation, mlp_mult=self.mlp_mult,
+                        d_ff=self.d_ff, positions=self.positions)
+            if self.dense_d_model is not None:
+                ModelConfig(d_model=self.dense_d_model, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                            positions=self.positions)
         except ConfigError as err:
             raise ConfigError(err.field.replace("model.", "lm.", 1), err.problem, err.accepts) from None
         if self.floats not in ("float32", "float16", "bfloat16"):
@@ -278,10 +375,14 @@ class LMRun:
         if s.tokenizer != "bytes":
             cfg["vocab_size"] = s.vocab_size
         if self.method != "annealed":
-            cfg.pop("temperature_schedule", None)
-            cfg.pop("forward_mask", None)
+            for name in ("temperature_schedule", "forward_mask", "score_init"):
+                cfg.pop(name, None)
         if self.free_lr is None:  # dense, or the scales at the method's own lr: the same run as before
             cfg.pop("lr_scales", None)
+        if not self.scales:  # the scale groups' kind only matters where there are scales
+            cfg.pop("scale_groups", None)
+        if self.method == "dense":  # a dense run has no scores to seed
+            cfg.pop("score_init", None)
         if self.method == "dense" and s.dense_d_model is not None:
             cfg["d_model"] = s.dense_d_model
         return cfg
@@ -291,16 +392,24 @@ class LMRun:
         s = self.study
         return s.dense_d_model if self.method == "dense" and s.dense_d_model is not None else s.d_model
 
-    def spec(self) -> ModelSpec:
+    @property
+    def score_seed(self) -> int:
+        """What seeds the scores and the batch order: score_seed if given, else the weight seed."""
+        return self.seed if self.study.score_seed is None else self.study.score_seed
+
+    @property
+    def golf_scales(self) -> bool:
+        return self.scales and self.study.scale_groups == "golf"
+
+    def model_config(self) -> ModelConfig:
         s = self.study
-        norm = NormSpec.parse(s.norm, field="lm.norm")
-        cfg = ModelConfig(
+        return ModelConfig(
             d_model=self.d_model,
             n_heads=s.n_heads,
             n_layers=s.n_layers,
             d_ff=s.d_ff,
-            norm=norm,
-            residual_scales=self.scales,
+            norm=NormSpec.parse(s.norm, field="lm.norm"),
+            residual_scales=self.scales and not self.golf_scales,
             vocab_size=VOCAB if s.tokenizer == "bytes" else s.vocab_size,
             max_len=s.seq_len,
             fold=s.fold,
@@ -308,23 +417,35 @@ class LMRun:
             n_kv_heads=s.n_kv_heads,
             tie_embeddings=s.tie_embeddings,
             logit_softcap=s.logit_softcap,
+            activation=s.activation,
+            mlp_mult=s.mlp_mult,
+            qk_norm=s.qk_norm,
+            embed_norm=s.embed_norm,
+            positions=s.positions,
+            scale_groups="golf" if self.golf_scales else "none",
         )
+
+    def spec(self) -> ModelSpec:
+        s = self.study
+        cfg = self.model_config()
         density = s.keep if s.init == "scaled-signed-constant" and self.method != "dense" else 1.0
         scheme: Any = s.init
         init = InitSpec(scheme=scheme, seed=self.seed, gain=s.init_gain, density=density)
         mask = None
+        sltlab_scales = self.scales and not self.golf_scales
         if self.method != "dense":
             mask = SupermaskConfig(
                 method=self.method,
                 keep=s.keep,
-                scale="head" if self.scales else "none",  # type: ignore[arg-type]
-                train_norm=norm.affine == "trainable",
-                free=SCALE_FREE if self.scales else (),
-                seed=self.seed,
+                scale="head" if sltlab_scales else "none",  # type: ignore[arg-type]
+                train_norm=cfg.norm.affine == "trainable",
+                free=(GOLF_FREE if self.golf_scales else SCALE_FREE) if self.scales else (),
+                seed=self.score_seed,
                 temperature=s.temperature_start,
                 forward_mask=s.forward_mask if self.method == "annealed" else "sample",
+                score_init=s.score_init if self.method == "annealed" else None,
             )
-        return ModelSpec("causal-lm", cfg, init, mask, {"logit_scale": self.scales})
+        return ModelSpec("causal-lm", cfg, init, mask, {"logit_scale": sltlab_scales})
 
     def search_config(self) -> SearchConfig:
         s = self.study
@@ -361,18 +482,16 @@ def run_cell(
 
     s = run.study
     t0 = time.perf_counter()
-    corpus = load_corpus(s.dataset, data_root, s.val_fraction)
-    if s.tokenizer == "bpe":
-        corpus = tokenize_bpe(corpus, s.vocab_size)
-    check_length(corpus, s.seq_len)
+    corpus = prepare_corpus(s, data_root)
     spec = run.spec()
     device = resolve_device(s.device, "lm.device")
     model = build_model(spec).to(device)  # weights are drawn on the CPU, then moved: same values everywhere
-    gen = torch.Generator().manual_seed(run.seed * 7919 + 17)
-    batches = (
-        (to_device(x, device), to_device(y, device))
-        for x, y in random_batches(corpus.train, s.batch_size, s.seq_len, gen)
-    )
+    if s.data_order == "stream":
+        source = stream_batches(corpus.train, s.batch_size, s.seq_len)
+    else:
+        source = random_batches(corpus.train, s.batch_size, s.seq_len,
+                                torch.Generator().manual_seed(run.score_seed * 7919 + 17))
+    batches = ((to_device(x, device), to_device(y, device)) for x, y in source)
     t1 = time.perf_counter()
     with determinism(device, s.deterministic):
         history = run_search(
@@ -390,13 +509,13 @@ def run_cell(
     t2 = time.perf_counter()
     max_bytes = s.eval_bytes or None
     val_bpb = eval_bpb(model, corpus.val.to(device), s.seq_len, s.eval_batch, max_bytes, progress=progress,
-                       token_bytes=corpus.token_bytes)
+                       token_bytes=corpus.token_bytes, byte_rule=corpus.byte_rule)
     t3 = time.perf_counter()
     model = model.cpu()
     tail = [h["loss"] for h in history[-5:]]
     metrics: dict[str, Any] = {
         "val_bpb": val_bpb,
-        "train_bpb_end": sum(tail) / len(tail) / 0.6931471805599453,
+        "train_bpb_end": train_bits_per_byte(sum(tail) / len(tail), corpus),
         "params": count_weights(model),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "density": mask_density(model) if supermasks(model) else 1.0,
@@ -433,43 +552,141 @@ def run_cell(
             mask_bits_per_weight=8 * sizes["masks"] / max(1, _masked_weights(model)),
         )
         if run.method == "dense":
-            # the int8 + zlib artifact (the competition's dense format), loaded back and scored
-            from sltlab.tickets.quant import export_int8, load_int8
+            # the int8 + zlib artifact under the challenge's export rules, loaded back and scored
+            from sltlab.tickets.quant import VERSION, export_int8, load_int8
 
             q_blob = export_int8(model, spec, artifact_dir / "dense.int8")
             metrics["int8_artifact_bytes"] = len(q_blob)
+            metrics["int8_format"] = VERSION  # 2: the challenge's rules (1: sltlab's first format)
             metrics["int8_val_bpb"] = eval_bpb(load_int8(q_blob).to(device), corpus.val.to(device), s.seq_len,
-                                               s.eval_batch, max_bytes, token_bytes=corpus.token_bytes)
+                                               s.eval_batch, max_bytes, token_bytes=corpus.token_bytes,
+                                               byte_rule=corpus.byte_rule)
+            # the same rules with every matrix int8 (rule 2 keeps a small model's matrices fp16): what int8 costs
+            m_blob = export_int8(model, spec, keep_float_max_numel=0)
+            metrics["int8_matrices_artifact_bytes"] = len(m_blob)
+            metrics["int8_matrices_val_bpb"] = eval_bpb(load_int8(m_blob).to(device), corpus.val.to(device),
+                                                        s.seq_len, s.eval_batch, max_bytes,
+                                                        token_bytes=corpus.token_bytes, byte_rule=corpus.byte_rule)
         metrics["code_bytes"] = counted_code_bytes()
         timings["export_s"] = time.perf_counter() - t4
     return model, metrics, timings
 
 
-#: The source files a reader needs to rebuild and score an artifact (model, init, masks, both artifact formats,
-#: the text and its bits per byte), counted as the parameter-golf competition counts its code bytes: raw bytes
-#: of the code, beside the artifact's, toward the 16,000,000-byte cap.
-CODE_FILES = (
-    "errors.py", "nn/__init__.py", "nn/init.py", "nn/norm.py", "nn/transformer.py", "runs/config.py",
-    "tickets/spec.py", "tickets/supermask.py", "tickets/artifact.py", "tickets/quant.py", "tasks/text.py",
-)
+def prepare_corpus(study: LMStudy, data_root: str | None = None) -> ByteCorpus:
+    """The study's train and validation data, tokenized as it asks, long enough for its seq_len."""
+    from sltlab.tasks import tokens
+
+    s = study
+    if s.dataset.startswith(SHARDS):
+        assert s.tokenizer_model is not None  # validate() demands it
+        corpus = tokens.shard_corpus(s.dataset[len(SHARDS):], tokens.read_sentencepiece(s.tokenizer_model),
+                                     s.vocab_size)
+    else:
+        corpus = load_corpus(s.dataset, data_root, s.val_fraction)
+        if s.tokenizer == "bpe":
+            corpus = tokenize_bpe(corpus, s.vocab_size)
+        elif s.tokenizer == "sentencepiece":
+            model = (tokens.read_sentencepiece(s.tokenizer_model) if s.tokenizer_model is not None else
+                     tokens.train_sentencepiece(bytes(corpus.train.numpy().tobytes()), s.vocab_size,
+                                                name=corpus.name))
+            corpus = tokens.tokenize_sentencepiece(corpus, model, s.vocab_size)
+    check_length(corpus, s.seq_len)
+    return corpus
+
+
+def train_bits_per_byte(loss_nats: float, corpus: ByteCorpus) -> float:
+    """A mean training loss (nats per token) in bits per byte: / ln 2, times the train split's tokens per byte
+    (1 for bytes; for BPE and SentencePiece the split's own average, since a batch's bytes are not counted)."""
+    bits = loss_nats / math.log(2)
+    if not corpus.tokenized:
+        return bits
+    return bits * corpus.train.numel() / max(corpus.sizes["train_bytes"], 1)
+
+
+def passes(study: LMStudy, corpus: ByteCorpus) -> float:
+    """How many times the step budget reads the train split (steps x batch x seq_len tokens / its tokens)."""
+    return study.steps * study.batch_size * study.seq_len / max(int(corpus.train.numel()), 1)
+
+
+#: What a reader imports to rebuild and score an artifact: the ticket and int8 loaders, the text and token
+#: data with their bits per byte. Their sltlab modules, as a fresh interpreter imports them, are the code bytes.
+LOADER_MODULES = ("sltlab.tickets.artifact", "sltlab.tickets.quant", "sltlab.tasks.text", "sltlab.tasks.tokens")
+_IMPORTED = """
+import importlib, json, sys
+for m in sys.argv[1:]:
+    importlib.import_module(m)
+print(json.dumps(sorted(m.__file__ for n, m in list(sys.modules.items())
+                        if (n == "sltlab" or n.startswith("sltlab.")) and getattr(m, "__file__", None))))
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def loader_files() -> tuple[str, ...]:
+    """The sltlab source files a fresh interpreter imports to load and score an artifact (measured in a
+    subprocess, once per process): what the challenge would count as code, third-party libraries aside."""
+    import json
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", _IMPORTED, *LOADER_MODULES], capture_output=True, text=True,
+                         env=env, check=True, timeout=300)
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
 def counted_code_bytes() -> int:
-    root = Path(__file__).resolve().parent.parent
-    return sum((root / f).stat().st_size for f in CODE_FILES)
+    """Raw bytes of `loader_files()`, counted as the parameter-golf challenge counts code bytes toward its cap."""
+    return sum(Path(f).stat().st_size for f in loader_files())
+
+
+def byte_budget(study: LMStudy, method: str = "annealed+scales") -> dict[str, Any]:
+    """The arithmetic of a ticket's bytes for `method` under this study, before any run: masked weights (one bit
+    each bounds the mask bytes: the range coder lands at n x H(density) <= n bits), scale floats at the study's
+    float width, the measured code bytes, and the total against the 16,000,000-byte cap."""
+    run = LMRun(study, method, study.seeds[0])
+    with torch.device("meta"):
+        model = build_model(replace(run.spec(), mask=None))
+    weights = sum(p.numel() for p in model.parameters() if p.ndim >= 2)  # parameters() lists a tied one once
+    floats = 0
+    if run.scales:
+        names = GOLF_FREE if run.golf_scales else SCALE_FREE
+        floats = sum(p.numel() for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, x) for x in names))
+    if run.scales and not run.golf_scales:  # sltlab's per-head mask scales sit in the supermasks
+        floats += sum(h[0] if (h := getattr(m, "_sltlab_heads", None)) else 1
+                      for m in model.modules() if isinstance(m, nn.Linear | nn.Embedding)
+                      if not (study.tie_embeddings and m is getattr(model, "lm_head", None)))
+    width = {"float32": 4, "float16": 2, "bfloat16": 2}[study.floats]
+    mask_bytes = -(-weights // 8)
+    code = counted_code_bytes()
+    return {"masked_weights": weights, "scale_floats": floats, "float_bytes": floats * width,
+            "mask_bytes_max": mask_bytes, "code_bytes": code, "code_files": len(loader_files()),
+            "total_max": mask_bytes + floats * width + code, "cap": BYTE_CAP}
 
 
 def _masked_weights(model: nn.Module) -> int:
     return sum(sm.scores.numel() for sm in supermasks(model).values())
 
 
+def study_from_dict(data: dict[str, Any]) -> LMStudy:
+    """An LMStudy from plain fields (TOML, --set), its preset's settings filled in under the fields given."""
+    from sltlab.runs.config import from_dict
+
+    name = data.get("preset")
+    if name is not None:
+        if name not in PRESETS:
+            raise ConfigError("lm.preset", f"unknown preset {name!r}", " | ".join(PRESETS))
+        data = {**PRESETS[name], **data}
+    return from_dict(LMStudy, data, prefix="lm")
+
+
 def load_study(path: str, overrides: dict[str, Any] | None = None) -> LMStudy:
     """Read LMStudy fields from TOML (top level), then apply non-None `overrides` (CLI flags)."""
-    from sltlab.runs.config import from_dict, load_toml
+    from sltlab.runs.config import load_toml
 
     data = load_toml(path) if path else {}
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return from_dict(LMStudy, data, prefix="lm")
+    return study_from_dict(data)
 
 
 @dataclass(frozen=True)
@@ -485,9 +702,30 @@ def lm_cell(arg: LMCellArg, ctx: CellContext) -> CellOutput:
     return CellOutput(metrics, timings, {"loss": curve} if curve else {})
 
 
+def data_files(study: LMStudy, data_root: str | None = None) -> list[Path]:
+    """The files a run's data depends on: the corpus's (or the shard folder's), and a SentencePiece model file."""
+    from sltlab.tasks import tokens
+
+    if study.dataset.startswith(SHARDS):
+        folder = Path(study.dataset[len(SHARDS):]).expanduser()
+        if not folder.is_dir():
+            raise ConfigError("lm.dataset", f"shard folder {str(folder)!r} does not exist",
+                              "shards:DIR with DIR holding *_train_*.bin and *_val_*.bin token shards")
+        files = tokens.shard_files(folder, "train") + tokens.shard_files(folder, "val")
+    else:
+        files = list(corpus_files(study.dataset, data_root))
+    if study.tokenizer_model is not None:
+        model = Path(study.tokenizer_model).expanduser()
+        if not model.is_file():
+            raise ConfigError("lm.tokenizer_model", f"{str(model)!r} is not a file",
+                              "the path of a SentencePiece .model file (e.g. fineweb_1024_bpe.model)")
+        files.append(model)
+    return files
+
+
 def study_cells(study: LMStudy, data_root: str | None = None) -> list[Cell]:
     # the corpus's fingerprint is part of each run's identity (sltlab.paths.fingerprint): other text, other runs
-    data = {"data": fingerprint(corpus_files(study.dataset, data_root))}
+    data = {"data": fingerprint(data_files(study, data_root))}
     return [
         Cell(KIND, {**run.config_dict(), **data}, run.seed, lm_cell, LMCellArg(run, data_root),
              label=f"{run.method_text} s={run.seed}", device=str(study.device))
@@ -518,3 +756,40 @@ def run_study(
         for rid, err in report.failed.items():
             log(f"lm: {rid} FAILED: {err.splitlines()[0]}")
     return report.run_ids
+
+
+def describe(study: LMStudy) -> str:
+    """The study's shape, recipe and, per mask method, the byte arithmetic of its ticket (what --dry-run prints)."""
+    s = study
+    cfg = LMRun(s, "edge-popup", s.seeds[0]).model_config()  # the tickets' shape (a dense partner may be narrower)
+    vocab = "bytes (256)" if s.tokenizer == "bytes" else f"{s.tokenizer} ({s.vocab_size})"
+    arch = [f"{s.n_layers} layers x d {s.d_model}", f"{s.n_heads} heads" + (
+        f" / {s.n_kv_heads} key-value heads" if s.n_kv_heads else ""), f"head width {cfg.head_dim_qk}",
+        f"MLP {cfg.ff_width} ({s.activation})", s.norm] + [name for name, on in (
+            ("qk_norm", s.qk_norm), ("embed_norm", s.embed_norm), ("tied embeddings", s.tie_embeddings)) if on]
+    arch.append("rotary positions" if s.positions == "rope" else "learned positions")
+    if s.logit_softcap:
+        arch.append(f"logit soft-cap {s.logit_softcap:g}")
+    lines = [f"lm '{s.name}'" + (f" (preset {s.preset})" if s.preset else "") + f": {s.dataset}, {vocab}",
+             "  shape: " + ", ".join(arch) + f"; context {s.seq_len}",
+             f"  budget: {s.steps:,} steps x {s.batch_size} x {s.seq_len} = {s.steps * s.batch_size * s.seq_len:,} "
+             "tokens per cell",
+             f"  recipe: warm-up {s.warmup}, {s.lr_schedule} lr, warm-down {s.warmdown_steps}; annealed: lr "
+             f"{s.lr_annealed:g}, scores from {'a seeded draw' if s.score_init is None else s.score_init}"
+             f", forward {s.forward_mask}, T {s.temperature_start:g} -> {s.temperature_end:g} "
+             f"{s.temperature_schedule}; scales lr {s.lr_scales if s.lr_scales is not None else 'the mask lr'}, "
+             f"groups {s.scale_groups}; data {s.data_order}"]
+    for method in dict.fromkeys(m for m in s.methods if parse_method(m)[0] != "dense"):
+        b = byte_budget(s, method)
+        lines.append(
+            f"  {method}: {b['masked_weights']:,} mask bits, {b['scale_floats']:,} scale floats; bytes: masks <= "
+            f"{b['mask_bytes_max']:,} (1 bit per weight; coded at n x H(density) <= n bits) + floats "
+            f"{b['float_bytes']:,} ({s.floats}) + code {b['code_bytes']:,} ({b['code_files']} files the loader "
+            f"imports) = {b['total_max']:,} + a header of a few KB, against the cap of {b['cap']:,}")
+    if "dense" in {parse_method(m)[0] for m in s.methods}:
+        run = LMRun(s, "dense", s.seeds[0])
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_model(run.spec()).parameters())
+        lines.append(f"  dense: d {run.d_model}, {n:,} weights, stored int8 + zlib under the challenge's rules "
+                     "(int8_artifact_bytes, measured at the run)")
+    return "\n".join(lines)

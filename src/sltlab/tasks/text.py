@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,9 @@ from tqdm.auto import tqdm
 
 from sltlab.errors import ConfigError, DataError
 from sltlab.paths import data_dir
+
+if TYPE_CHECKING:
+    from sltlab.tasks.tokens import ByteRule
 
 VOCAB = 256
 CORPORA: dict[str, tuple[str, ...]] = {
@@ -52,10 +56,17 @@ class ByteCorpus:
     token_bytes: torch.Tensor | None = None
     raw_sizes: tuple[int, int] = (0, 0)
     tokenizer_sha256: str = ""
+    # SentencePiece: a token's bytes depend on the token before it (sltlab.tasks.tokens.ByteRule); then
+    # token_bytes is None and raw_sizes are the bytes the rule counts
+    byte_rule: ByteRule | None = None
+
+    @property
+    def tokenized(self) -> bool:
+        return self.token_bytes is not None or self.byte_rule is not None
 
     @property
     def sizes(self) -> dict[str, int]:
-        if self.token_bytes is None:
+        if not self.tokenized:
             return {"train_bytes": int(self.train.numel()), "val_bytes": int(self.val.numel())}
         return {"train_bytes": self.raw_sizes[0], "val_bytes": self.raw_sizes[1],
                 "train_tokens": int(self.train.numel()), "val_tokens": int(self.val.numel())}
@@ -221,6 +232,23 @@ def random_batches(
         yield win[:, :-1], win[:, 1:]
 
 
+def stream_batches(data: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (x, y) batches read in order, as the parameter-golf challenge's loader reads its shards: each step
+    takes the next batch_size * seq_len + 1 tokens, x = all but the last as batch_size rows of seq_len, y = all but
+    the first; the stream wraps to the start at the end of the data. No randomness: the order is the text's."""
+    span = batch_size * seq_len + 1
+    n = data.numel()
+    if n < span:
+        raise DataError(f"the train split has {n} tokens, fewer than batch_size x seq_len + 1 = {span} for one "
+                        "streamed batch; use a longer text, a smaller batch, or data_order = 'random'")
+    offsets = torch.arange(span, device=data.device)
+    pos = 0
+    while True:
+        chunk = data[(pos + offsets) % n].long()
+        pos = (pos + span) % n
+        yield chunk[:-1].view(batch_size, seq_len), chunk[1:].view(batch_size, seq_len)
+
+
 def lm_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-byte cross-entropy in nats."""
     x, y = batch
@@ -237,20 +265,24 @@ def eval_bpb(
     max_bytes: int | None = None,
     progress: bool = False,
     token_bytes: torch.Tensor | None = None,
+    byte_rule: ByteRule | None = None,
 ) -> float:
     """Validation bits per byte over non-overlapping windows of seq_len predictions from the start of `data`
     (each window's first byte is predicted from that byte alone; the same rule for every method compared).
     max_bytes caps how many bytes are scored, for quick runs.
 
     token_bytes (a tokenized `data`): bytes spelled by each token id; bits per byte is then the summed token
-    loss / (ln 2 x the bytes the scored targets spell), and max_bytes caps those bytes."""
+    loss / (ln 2 x the bytes the scored targets spell), and max_bytes caps those bytes. byte_rule (a
+    SentencePiece `data`, sltlab.tasks.tokens.ByteRule): the same with each target's bytes given the token before
+    it, the parameter-golf challenge's rule."""
     n_pred = data.numel() - 1
     if max_bytes is not None:
-        if token_bytes is None:
+        if token_bytes is None and byte_rule is None:
             n_pred = min(n_pred, max_bytes)
         else:
-            spelled = token_bytes.to(data.device)[data[1:].long()].cumsum(0)
-            n_pred = min(n_pred, int((spelled <= max_bytes).sum()))
+            per = (byte_rule.count(data[:-1], data[1:]) if byte_rule is not None
+                   else token_bytes.to(data.device)[data[1:].long()])
+            n_pred = min(n_pred, int((per.cumsum(0) <= max_bytes).sum()))
     n_win = n_pred // seq_len
     if n_win < 1:
         raise DataError(
@@ -269,7 +301,9 @@ def eval_bpb(
                 logits.reshape(-1, logits.shape[-1]), win[:, 1:].reshape(-1), reduction="sum"
             )
             total += float(loss)
-            if token_bytes is None:
+            if byte_rule is not None:
+                count += int(byte_rule.count(win[:, :-1], win[:, 1:]).sum())
+            elif token_bytes is None:
                 count += win[:, 1:].numel()
             else:
                 count += int(token_bytes.to(data.device)[win[:, 1:]].sum())

@@ -38,7 +38,7 @@ class ModelSpec:
         for name, default in FOLD_DEFAULTS.items():
             if not self.model.folded or out["model"][name] == default:
                 del out["model"][name]
-        for name, default in RECIPE_DEFAULTS.items():  # likewise the golf recipe's options (GQA, ties, cap)
+        for name, default in RECIPE_DEFAULTS.items():  # likewise the golf recipe's options (GQA, ties, cap, ...)
             if out["model"][name] == default:
                 del out["model"][name]
         if self.mask is not None:
@@ -59,7 +59,9 @@ class ModelSpec:
 
 
 FOLD_DEFAULTS: dict[str, Any] = {"fold": None, "mask_sharing": "unshared"}
-RECIPE_DEFAULTS: dict[str, Any] = {"n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None}
+RECIPE_DEFAULTS: dict[str, Any] = {"n_kv_heads": None, "tie_embeddings": False, "logit_softcap": None,
+                                   "mlp_mult": None, "qk_norm": False, "embed_norm": False, "positions": "learned",
+                                   "rope_base": 10000.0, "scale_groups": "none"}
 
 
 #: The most parameters a model sltlab builds may have (4 GiB of float32 weights, as many scores again). A bound

@@ -31,6 +31,9 @@ Methods
   M = 1[sigmoid(s/T) > 0.5] = 1[s > 0], backward the sigmoid(s/T) gradient, so T shapes only the gradient, which
   it concentrates on scores near the boundary). The search then trains the very mask that is evaluated; on the
   byte LM at the quick budget the sampled forward's noise costs ~0.1 bpb (docs/results/lm.md).
+  `score_init = c` (the parameter-golf submission's MASK_INIT_SCORE = 0): every score starts at c instead of the
+  seeded draw, and the deterministic mask keeps ties, 1[s >= 0] (its sigmoid(s/T) >= 0.5), so a zero start keeps
+  every weight at step 0 and the search prunes from there. Left at None, the rule stays 1[s > 0] bit for bit.
 
 Variants of edge-popup (options of the same config; at their defaults the mask is plain edge-popup, bit for bit)
 - multicoated (Okoshi et al. 2022, "Multicoated Supermasks Enhance Hidden Networks"): `coats = K` nested masks
@@ -107,6 +110,10 @@ class SupermaskConfig:
     frozen_kept: float = 0.0
     frozen_seed: int = 0
     forward_mask: Literal["sample", "threshold"] = "sample"  # annealed only: see the module docstring
+    # annealed only: every score starts at this constant instead of the seeded draw (the parameter-golf
+    # submission's MASK_INIT_SCORE = 0), and the mask keeps ties, 1[s >= 0] (its sigmoid(s/T) >= 0.5), so a zero
+    # start keeps every weight; None = the seeded uniform draw centred on the kept fraction, mask 1[s > 0].
+    score_init: float | None = None
 
     def resolved_coat_keeps(self) -> tuple[float, ...]:
         """The kept fraction of every coat, outermost (= keep) first."""
@@ -142,6 +149,13 @@ class SupermaskConfig:
         if self.forward_mask not in ("sample", "threshold"):
             raise ConfigError("mask.forward_mask", f"unknown forward mask {self.forward_mask!r}",
                               "sample (M ~ Bernoulli(sigmoid(s/T))) | threshold (M = 1[s > 0])")
+        if self.score_init is not None:
+            if self.method != "annealed":
+                raise ConfigError("mask.score_init", f"a constant start ties every score; {self.method!r} ranks them",
+                                  "method = 'annealed', or score_init omitted")
+            if not math.isfinite(self.score_init):
+                raise ConfigError("mask.score_init", f"{self.score_init!r} is not a finite number",
+                                  "a number (e.g. 0.0), or omitted for the seeded draw")
         self._validate_variants()
 
     def _validate_variants(self) -> None:
@@ -191,7 +205,7 @@ class SupermaskConfig:
 
 # The variant options and their "off" values: SupermaskConfig.to_dict leaves them out when they sit here.
 VARIANT_DEFAULTS: dict[str, Any] = {"coats": 1, "coat_keeps": (), "frozen_pruned": 0.0, "frozen_kept": 0.0,
-                                    "frozen_seed": 0, "forward_mask": "sample"}
+                                    "frozen_seed": 0, "forward_mask": "sample", "score_init": None}
 
 
 class _MaskedWeight(torch.autograd.Function):
@@ -389,6 +403,7 @@ class Supermask(nn.Module):
         self._sample_key: int | None = None
         self._sample: tuple[torch.Tensor, torch.Tensor] | None = None
         self.threshold_forward = False  # annealed: train on 1[s > 0] instead of a sample (SupermaskConfig.forward_mask)
+        self.keep_ties = False  # annealed: 1[s >= 0] rather than 1[s > 0] (SupermaskConfig.score_init)
 
     # -- the binary mask ------------------------------------------------------------------------------
     @property
@@ -452,7 +467,7 @@ class Supermask(nn.Module):
                 if self.coats > 1:
                     m.div_(self.coats)
             else:
-                m = (self.scores > 0).to(self.scores.dtype)
+                m = ((self.scores >= 0) if self.keep_ties else (self.scores > 0)).to(self.scores.dtype)
         self._cache_key, self._cache = key, m
         return m
 
@@ -716,6 +731,8 @@ def mask_coverage(model: nn.Module) -> MaskCoverage:
 
 
 def _init_scores(cfg: SupermaskConfig, name: str, shape: tuple[int, ...], fan_in: int | None = None) -> torch.Tensor:
+    if cfg.score_init is not None:
+        return torch.full(shape, float(cfg.score_init), dtype=torch.float32)
     if fan_in is None:
         fan_in = _fan_in_trailing(shape)
     bound = 1.0 / math.sqrt(fan_in)
@@ -756,6 +773,7 @@ def apply_supermask(model: nn.Module, cfg: SupermaskConfig) -> MaskCoverage:
                        heads, cfg.temperature, sample_seed=cfg.seed * 1_000_003 + i, coat_keeps=coat_keeps,
                        frozen=frozen)
         sm.threshold_forward = cfg.method == "annealed" and cfg.forward_mask == "threshold"
+        sm.keep_ties = cfg.score_init is not None
         if shared is not None:
             sm.global_threshold = shared
             shared.members.append(sm)
