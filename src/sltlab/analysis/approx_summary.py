@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sltlab.analysis.fits import fit_laws
+from sltlab.analysis.fits import fit_laws_by_seed
 from sltlab.runs.store import RunRecord, atomic_write_text
 
 GroupKey = tuple[int, str, str]  # (n_heads, method, variant)
@@ -47,27 +47,65 @@ def group(records: list[RunRecord], metric: str = "rel_error") -> dict[GroupKey,
     return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
-def fits_table(groups: dict[GroupKey, dict[int, list[float]]]) -> list[dict[str, Any]]:
+def seed_points(records: list[RunRecord], metric: str = "rel_error") -> dict[GroupKey, list[tuple[int, float, float]]]:
+    """(heads, method, variant) -> (weight seed, width, error) points; score seeds are repeated points of their
+    weight seed (fit_laws_by_seed averages them)."""
+    out: dict[GroupKey, list[tuple[int, float, float]]] = defaultdict(list)
+    for r in records:
+        c = r.config
+        out[(int(c["n_heads"]), method_label(c), str(c["variant"]))].append(
+            (int(c["seed"]), float(c["width"]), float(r.metrics[metric])))
+    return dict(sorted(out.items()))
+
+
+def fits_table(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """Both laws per group with the weight seed as the unit (sltlab.analysis.fits.fit_laws_by_seed): slopes with
+    their t intervals, a lack-of-fit test against the seeds' spread (3+ widths), the first and last width's error."""
     rows = []
-    for (heads, method, variant), by_width in groups.items():
-        widths = [w for w, errs in by_width.items() for _ in errs]
-        errors = [e for errs in by_width.values() for e in errs]
-        fit = fit_laws(widths, errors)
-        means = {w: float(np.mean(v)) for w, v in by_width.items()}
-        rows.append({"heads": heads, "method": method, "variant": variant,
-                     "err_first": means[min(means)], "err_last": means[max(means)], **fit})
+    for (heads, method, variant), pts in seed_points(records).items():
+        fit = fit_laws_by_seed(pts)
+        by_w: dict[float, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for seed, w, e in pts:
+            by_w[w][seed].append(e)
+        means = {w: float(np.mean([np.mean(v) for v in s.values()])) for w, s in by_w.items()}
+        row: dict[str, Any] = {"heads": heads, "method": method, "variant": variant, "n_seeds": fit["n_seeds"],
+                               "n_widths": len(fit["widths"]), "err_first": means[min(means)],
+                               "err_last": means[max(means)], "better": fit["better"]}
+        for law in ("exp", "power"):
+            f = fit.get(law) or {}
+            lof = f.get("lack_of_fit", {})
+            row.update({f"{law}_slope": f.get("slope", math.nan), f"{law}_slope_lo": f.get("slope_lo", math.nan),
+                        f"{law}_slope_hi": f.get("slope_hi", math.nan), f"{law}_r2": f.get("r2", math.nan),
+                        f"{law}_lof_p": lof.get("p", math.nan)})
+        row["falls"] = bool(row["exp_slope"] < 0 and row["power_slope"] < 0)
+        rows.append(row)
     return rows
 
 
+def _ci(r: dict[str, Any], law: str, d: int) -> str:
+    lo, hi = r[f"{law}_slope_lo"], r[f"{law}_slope_hi"]
+    ci = f" [{lo:.{d}f}, {hi:.{d}f}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+    return f"{r[f'{law}_slope']:.{d}f}{ci}"
+
+
+def _p(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else ("<0.001" if x < 0.001 else f"{x:.3f}")
+
+
 def fits_markdown(rows: list[dict[str, Any]]) -> str:
-    head = ("| heads | method | variant | err @ min width | err @ max width | exp slope / width | exp R² "
-            "| power exponent | power R² | better fit |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| heads | method | variant | n seeds | err @ min width | err @ max width | exp slope / width [95% CI] "
+            "| exp lack-of-fit p | power exponent [95% CI] | power lack-of-fit p | law that fits |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = "".join(
-        f"| {r['heads']} | {r['method']} | {r['variant']} | {r['err_first']:.4f} | {r['err_last']:.4f} "
-        f"| {r['exp_slope']:.4f} | {r['exp_r2']:.3f} | {r['power_slope']:.3f} | {r['power_r2']:.3f} | {r['better']} |\n"
+        f"| {r['heads']} | {r['method']} | {r['variant']} | {r['n_seeds']} | {r['err_first']:.4f} "
+        f"| {r['err_last']:.4f} | {_ci(r, 'exp', 4)} | {_p(r['exp_lof_p'])} | {_ci(r, 'power', 3)} "
+        f"| {_p(r['power_lof_p'])} | {r['better']} |\n"
         for r in rows
     )
-    return head + body
+    note = ("\nSlopes: mean of the per-weight-seed slopes with a t interval over weight seeds. Lack of fit: the law "
+            "plus a per-seed offset against a free mean per width (small p: the law misses the curve's shape by more "
+            "than the seeds scatter; needs 3+ widths).\n")
+    return head + body + note
 
 
 def plot_error_vs_width(groups: dict[GroupKey, dict[int, list[float]]], path: Path, title: str) -> None:
@@ -153,7 +191,7 @@ def summarise(records: list[RunRecord], out_dir: str | Path, title: str) -> dict
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "approx.csv", records_csv(records))
     groups = group(records)
-    rows = fits_table(groups)
+    rows = fits_table(records)
     clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
     atomic_write_text(out / "fits.json", json.dumps(clean, indent=2))
     md = fits_markdown(rows)
