@@ -79,13 +79,18 @@ def fingerprint(paths: list[Path] | tuple[Path, ...]) -> str:
             raise DataError(f"cannot read {p}: {err.strerror or err}") from None
         key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
         if key not in _FINGERPRINTS:
-            one = hashlib.sha256()
             try:
-                with open(p, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        one.update(chunk)
+                _FINGERPRINTS[key] = sha256_file(p)
             except OSError as err:
                 raise DataError(f"cannot read {p}: {err.strerror or err}") from None
-            _FINGERPRINTS[key] = one.hexdigest()
         h.update(f"{st.st_size}:{_FINGERPRINTS[key]};".encode())
     return h.hexdigest()[:16]
+
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file read in 1 MiB chunks (never whole in memory); OSError as the caller's to word."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()

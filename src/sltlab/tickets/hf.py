@@ -277,14 +277,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def _file_sha(path: Path, source: str) -> str:
     """SHA-256 of a file read in 1 MiB chunks (never whole in memory)."""
-    h = hashlib.sha256()
+    from sltlab.paths import sha256_file
+
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                h.update(chunk)
+        return sha256_file(path)
     except OSError as err:
         raise ArtifactError(f"{source}: cannot read {path.name} ({err.strerror or err})") from None
-    return h.hexdigest()
 
 
 def _decode_masks(manifest: dict[str, Any], data: bytes, cfg: SupermaskConfig, shapes: dict[str, tuple[int, ...]],
