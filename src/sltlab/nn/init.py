@@ -37,7 +37,8 @@ class InitSpec:
     density: for scaled-signed-constant, the kept fraction k of the ticket; weights are divided by sqrt(k) so the
       ticket's activations keep their scale (Ramanujan et al. 2020).
     theory: query/key ~ U[-n_k^(1/4), n_k^(1/4)], value/output ~ U[-1, 1] (Otsuka et al. 2025); the attention
-      scales logits by 1/sqrt(n_k) as always; other weights fall back to kaiming-uniform.
+      scales logits by 1/sqrt(n_k) as always; the layers of a PairedMLP (sltlab.nn.theory, the SubsetSum source
+      of a ReLU MLP) ~ U[-1, 1] as in Pensia et al. (2020); other weights fall back to kaiming-uniform.
     golf: the parameter-golf supermask submission's init. Xavier-uniform, U[-b, b] with b = gain * sqrt(6 /
       (fan_in + fan_out)), for embeddings (fan_in = width, fan_out = vocabulary or positions, torch's convention for
       an [out, in] table), attention and every other projection; He-uniform, b = gain * sqrt(6 / fan_in), for the
@@ -83,9 +84,11 @@ def seeded_normal(seed: int, name: str, shape: tuple[int, ...], tag: str, std: f
 
 
 def param_role(name: str) -> str:
-    """q, k, v, o, mlp-in (an MLP's pre-activation layer), embedding or other, from our naming
-    (blocks.N.attn.q.weight ...)."""
+    """q, k, v, o, mlp-in (an MLP's pre-activation layer), mlp-pair (a layer of a PairedMLP: mlp.fc1.a ...),
+    embedding or other, from our naming (blocks.N.attn.q.weight ...)."""
     parts = name.split(".")
+    if len(parts) >= 4 and parts[-4] == "mlp" and parts[-3] in ("fc1", "fc2") and parts[-2] in ("a", "b"):
+        return "mlp-pair"
     in_attention = "attn" in parts or len(parts) == 2  # a standalone MultiHeadAttention names them q.weight ...
     if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in ("q", "k", "v", "o") and in_attention:
         return parts[-2]
@@ -130,7 +133,7 @@ def seeded_tensor(
                 raise ConfigError("init.scheme", f"'theory' needs the per-head width n_k for {name}")
             b = g * n_k ** 0.25
             return seeded_uniform(spec.seed, name, shape, scheme, -b, b)
-        if role in ("v", "o"):
+        if role in ("v", "o", "mlp-pair"):
             return seeded_uniform(spec.seed, name, shape, scheme, -g, g)
         scheme = "kaiming-uniform"
     if scheme == "golf":  # a 1-D weight (none in our models): Xavier's bound for a vector, as xavier-uniform does
@@ -178,4 +181,21 @@ def init_model(model: nn.Module, spec: InitSpec) -> nn.Module:
             p.fill_(1.0)
     # remembered, so sltlab.save_ticket(model, path) need not be told again what drew the weights
     model._sltlab_init = spec
+    return model
+
+
+@torch.no_grad()
+def random_norm_affine(model: nn.Module, seed: int, gain: tuple[float, float] = (0.5, 1.5),
+                       bias: tuple[float, float] = (-0.5, 0.5)) -> nn.Module:
+    """Draw every norm's gain ~ U[gain] and bias ~ U[bias] from (seed, parameter name): a target whose norms are
+    not the identity, for studies of what a ticket must do about a norm's affine (sltlab.tickets.construct)."""
+    from sltlab.nn.norm import is_norm
+
+    for mname, m in model.named_modules():
+        if not is_norm(m):
+            continue
+        for pname, p in m.named_parameters(recurse=False):
+            name = canonical_name(f"{mname}.{pname}" if mname else pname)
+            lo, hi = gain if pname == "weight" else bias
+            p.copy_(seeded_uniform(seed, name, tuple(p.shape), "norm-affine", lo, hi))
     return model

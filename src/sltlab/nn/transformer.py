@@ -213,6 +213,11 @@ class MultiHeadAttention(nn.Module):
         self.v = nn.Linear(d, kv * n_v, bias=bias)
         self.o = nn.Linear(n_heads * n_v, d, bias=bias)
         self.head_scale = nn.Parameter(torch.ones(n_heads)) if head_scale else None
+        # Attention shape knobs a study sets on a built model (not parameters, not in a state dict; the defaults
+        # are the plain attention): window = r lets token i see only tokens j with |i - j| <= r (a local band, on
+        # top of causal when that is asked for); temperature t divides the logits, softmax(q k^T / (t sqrt(n_k))).
+        self.window: int | None = None
+        self.temperature: float = 1.0
         # Tells per-head supermask scales how the heads lie in each weight: (heads, axis).
         self.q._sltlab_heads = (n_heads, 0)  # type: ignore[attr-defined]
         for lin in (self.k, self.v):
@@ -244,7 +249,11 @@ class MultiHeadAttention(nn.Module):
         mask = None
         if pad_mask is not None:
             mask = pad_mask[:, None, None, :].bool()
-        scale = 1.0 / math.sqrt(self.head_dim_qk)
+        if self.window is not None:
+            pos = torch.arange(T, device=x.device)
+            band = (pos[:, None] - pos[None, :]).abs() <= self.window
+            mask = band if mask is None else mask & band
+        scale = 1.0 / (math.sqrt(self.head_dim_qk) * self.temperature)
         if need_weights:
             if causal:
                 tri = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()

@@ -17,7 +17,10 @@ Gaussian inputs (plus the norm affine for a LayerNorm-integrated ticket, variant
 Besides plain edge-popup and annealed masks the search can use the field's
 edge-popup variants (sltlab.tickets.supermask): method "multicoated" (`coats` nested coats, `coat_keeps`) and method
 "partially-frozen" (a `frozen_pruned` / `frozen_kept` fraction of the source fixed before the search, drawn from the
-run seed, so every score seed searches the same partially frozen source). On held-out inputs we report the
+run seed, so every score seed searches the same partially frozen source). Method "construct" builds the ticket
+(sltlab.tickets.construct): attention, and for stacks with an MLP (activation "relu", source_mlp "paired") the ReLU
+MLP and the norms' affine (target_affine "random" gives the target's norms a gain and bias to copy or fold).
+On held-out inputs we report the
 relative error, the max per-token l2 error, the error relative to the attention branch's contribution, and
 per-block errors for stacks.
 """
@@ -55,6 +58,10 @@ MAX_GAIN = 1e3
 MAX_INPUT_VALUES = 2**30  # float32 values of the random inputs, train or test
 
 
+# The block construction's study fields at their defaults: there they stay out of a cell's run id.
+BLOCK_DEFAULTS: dict[str, Any] = {"activation": "gelu", "source_mlp": "standard", "target_affine": "identity"}
+
+
 def variant_norm(variant: str, field_name: str = "study.variants") -> NormSpec:
     return NormSpec.parse(VARIANT_ALIASES.get(variant, variant), field=field_name)
 
@@ -70,6 +77,14 @@ class ApproxStudy(Where):
     target_width: int | None = None
     n_blocks: int = 1
     mlp: bool = False
+    # The block construction's settings (sltlab.tickets.construct; defaults: the study as before, same run ids).
+    # activation: the MLP's (target and source); the construction realises a ReLU MLP. source_mlp "paired": the
+    # source's MLP is the theory's PairedMLP (two random layers per target layer, 2 * width // d_model units per
+    # input coordinate, so each of a pair's subset-sums sees about width // d_model candidates, as attention's).
+    # target_affine "random": the target's norms get a seeded gain ~ U[0.5, 1.5] and bias ~ U[-0.5, 0.5].
+    activation: Literal["gelu", "relu"] = "gelu"
+    source_mlp: Literal["standard", "paired"] = "standard"
+    target_affine: Literal["identity", "random"] = "identity"
     widths: tuple[int, ...] = (8, 16, 32, 64)
     variants: tuple[str, ...] = ("none", "pre-ln", "post-ln", "ln-integrated")
     methods: tuple[str, ...] = ("edge-popup",)
@@ -190,6 +205,7 @@ class ApproxStudy(Where):
             # the construction builds each block's mask for its own target block; a shared mask would keep the last
             raise ConfigError("study.mask_sharing", "the construction builds one mask per target block, so it "
                               "cannot share a mask across a stage", "'unshared' with method construct")
+        self._validate_blocks()
         for i, f in enumerate(self.folds):
             try:
                 ModelConfig(d_model=self.d_model, n_heads=1, n_layers=self.source_layers, fold=f,
@@ -203,6 +219,39 @@ class ApproxStudy(Where):
                     SupermaskConfig(keep=self.keep, **self.mask_variant(method, 0))
                 except ConfigError as err:  # the study's own field names, not the mask's
                     raise ConfigError(err.field.replace("mask.", "study.", 1), err.problem, err.accepts) from None
+
+    def _validate_blocks(self) -> None:
+        """What the block construction needs, said before any cell runs."""
+        if self.activation not in ("gelu", "relu"):
+            raise ConfigError("study.activation", f"unknown activation {self.activation!r}", "gelu | relu")
+        if self.source_mlp not in ("standard", "paired"):
+            raise ConfigError("study.source_mlp", f"unknown source MLP {self.source_mlp!r}", "standard | paired")
+        if self.target_affine not in ("identity", "random"):
+            raise ConfigError("study.target_affine", f"unknown target affine {self.target_affine!r}",
+                              "identity | random")
+        with_mlp = self.module == "stack" and self.mlp
+        if self.source_mlp == "paired" and not with_mlp:
+            raise ConfigError("study.source_mlp", "'paired' replaces the blocks' MLP, but the study has none",
+                              "module = 'stack' with mlp = true, or source_mlp = 'standard'")
+        if self.source_mlp == "paired" and self.folds:
+            raise ConfigError("study.folds", "a paired source MLP is not defined for folded sources", "folds = []")
+        if "construct" in self.methods and with_mlp:
+            if self.activation != "relu":
+                raise ConfigError("study.activation", "the MLP construction realises a ReLU MLP",
+                                  "activation = 'relu' with method construct and mlp = true")
+            if self.source_mlp != "paired":
+                raise ConfigError("study.source_mlp", "a random MLP of one hidden layer holds no constructed "
+                                  "ticket for a ReLU MLP", "source_mlp = 'paired' (the theory's source: two random "
+                                  "layers per target layer)")
+        if "construct" in self.methods and self.target_affine == "random":
+            for i, v in enumerate(self.variants):
+                norm = variant_norm(v)
+                foldable = norm.placement == "pre" and norm.kind == "rmsnorm"
+                if norm.kind != "none" and norm.affine != "trainable" and not foldable:
+                    raise ConfigError(f"study.variants[{i}]", f"{v!r} cannot take a random target affine: a frozen,"
+                                      " bias-free source has no closed form for it",
+                                      f"'{v}+affine' (the LN-integrated ticket copies it) or pre-rms (its gain "
+                                      "folds into the next maps)")
 
     @property
     def source_layers(self) -> int:
@@ -287,6 +336,8 @@ class ApproxRun:
                if self.target_norm != replace(self.norm, affine="frozen") else {}),
             # only folded cells carry these, so unfolded cells keep their run ids
             **({"fold": self.fold} if self.folded else {}),
+            # likewise the block construction's settings, away from their defaults only
+            **{k: getattr(s, k) for k, default in BLOCK_DEFAULTS.items() if getattr(s, k) != default},
             **({"mask_sharing": s.mask_sharing} if self.folded and s.mask_sharing != "unshared" else {}),
         }
 
@@ -295,17 +346,24 @@ class ApproxRun:
         tw = s.target_n_k(self.n_heads)
         cfg = ModelConfig(
             d_model=s.d_model, n_heads=self.n_heads, n_layers=s.n_blocks, n_k=tw, n_v=tw,
-            d_ff=4 * s.d_model, mlp=s.mlp, norm=self.target_norm, final_norm=False,
+            d_ff=4 * s.d_model, mlp=s.mlp, norm=self.target_norm, final_norm=False, activation=s.activation,
         )
         arch = "mha" if s.module == "mha" else "stack"
+        random_affine = s.target_affine == "random" and self.target_norm.kind != "none"
+        options = {"random_norm_affine": True} if random_affine else {}
         # The target's weights come from the run seed; the source's from a different stream of the same seed.
-        return ModelSpec(arch, cfg, InitSpec(scheme=s.target_init, seed=self.seed))  # type: ignore[arg-type]
+        return ModelSpec(arch, cfg, InitSpec(scheme=s.target_init, seed=self.seed),  # type: ignore[arg-type]
+                         options=options)
 
     def source_spec(self) -> ModelSpec:
         s = self.study
         t = self.target_spec()
         tw = t.model.head_dim_qk
-        cfg = replace(t.model, n_k=self.width, n_v=self.width, d_ff=t.model.ff_width * self.width // tw,
+        paired = s.source_mlp == "paired"
+        # A paired MLP keeps the target's d_ff between its two pairs (the target's hidden layer); its width is in
+        # the pairs' units. A standard source MLP widens with the attention.
+        cfg = replace(t.model, n_k=self.width, n_v=self.width,
+                      d_ff=t.model.ff_width if paired else t.model.ff_width * self.width // tw,
                       norm=self.norm, fold=self.fold if self.folded else None,
                       mask_sharing=s.mask_sharing if self.folded else "unshared")
         mask = None
@@ -316,7 +374,8 @@ class ApproxRun:
                 **s.mask_variant(self.method, self.seed),
             )
         init = InitSpec(scheme=s.source_init, seed=10_000 + self.seed, gain=s.source_gain)  # type: ignore[arg-type]
-        return ModelSpec(t.arch, cfg, init, mask)
+        options = {"mlp_pairs": 2 * max(1, self.width // s.d_model)} if paired else {}
+        return ModelSpec(t.arch, cfg, init, mask, options)
 
 
 def random_inputs(seed: int, n: int, seq_len: int, d: int, tag: str) -> torch.Tensor:
@@ -397,11 +456,8 @@ def approx_finder(
     progress: bool,
     cfg: Any = None,
 ) -> dict[str, Any]:
-    """The `construct` method of the approximation study: the ticket is built, not searched (x, y unused)."""
-    if run.study.mlp and run.study.module == "stack":
-        raise ConfigError(
-            "study.mlp", "the construction covers attention only", "mlp = false with method construct"
-        )
+    """The `construct` method of the approximation study: the ticket is built, not searched (x, y unused).
+    Attention, a block's ReLU MLP (in a paired source) and the norms' affine: sltlab.tickets.construct."""
     if run.target_norm != replace(run.norm, affine="frozen"):
         raise ConfigError("study.target", f"the construction copies the target's norm, but variant {run.variant!r} "
                           f"imitates a {run.target_norm.name!r} target", 'target = "own" with method construct')

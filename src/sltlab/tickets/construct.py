@@ -23,6 +23,37 @@ Subset-sum solvers (one per entry; the one used is recorded):
   no incumbent the vectorised greedy answers ("greedy-fallback");
 - "greedy": vectorised largest-first greedy plus single-flip improvement (no optimality guarantee);
 - "auto": mitm up to `mitm_max` candidates, milp beyond.
+
+The ReLU MLP (Pensia et al. 2020; da Cunha et al. 2022; Burkholz 2022). A target linear map W (out x in) is
+realised by two pruned random layers with a ReLU between, b(relu(a x)), through W x = W relu(x) - W relu(-x):
+hidden unit i of input block j keeps only a[i, j]; if a[i, j] > 0 it carries a[i, j] relu(x_j), if < 0 it
+carries |a[i, j]| relu(-x_j). Entry (l, j) is then two subset-sums with the same target W[l, j] over the
+candidates b[l, i] a[i, j]: one over block j's positive units (S+), one over its negative units (S-), and the
+pair computes exactly S+ relu(x) - S- relu(-x) (`construct_relu_pair`). After a ReLU the input is >= 0, so the
+second map of the MLP needs S+ only (negative units are pruned: they always output 0). The target's MLP
+W2 relu(W1 x) therefore needs the source's PairedMLP (sltlab.nn.theory: two random layers per target layer,
+`construct_mlp`); a standard random MLP of one hidden layer holds no such ticket and is refused.
+
+Blocks and norms (`construct_ticket`). A block's ticket is its attention's ticket and its MLP's ticket; the
+residuals are shared arithmetic. A norm in the target (none / pre / post, LayerNorm or RMSNorm) is the same
+function in the source, so nothing is constructed for it when its affine is the identity. With a target gain and
+bias: an LN-integrated ticket (the source's norm affine is free) copies them, exactly; a frozen source norm takes
+a pre-norm's gain in closed form, folded into the maps that read the norm (W_QK -> diag(g) W_QK diag(g),
+W_VO -> W_VO diag(g), W1 -> W1 diag(g)); a bias, or a post-norm's affine, has no closed form in a bias-free
+source and is refused with the variant that holds it ("+affine").
+
+What the construction guarantees through a LayerNorm, and what it does not. It realises every sublayer's
+*weights* to the subset-sum error, whatever the input: the source's merged attention matrices and MLP maps equal
+the target's up to per-entry errors that fall exponentially with the width once every entry is in range. It does
+not make the *block's output* error small by itself: a norm's Jacobian at x is g/sigma(x) times a projection
+(norm <= max|g| / sqrt(sigma(x)^2 + eps), sigma the input's standard deviation, its RMS for RMSNorm), so an error
+e reaching a norm leaves it at most max|g| |e| / sqrt((sigma(x) - |e|/sqrt(d))_+^2 + eps). On inputs of bounded
+variance (sigma >= s0 > 0) that is a constant factor per norm; near sigma = 0 (a token whose coordinates are
+almost equal, e.g. after rank collapse) one norm multiplies the error by up to |g|/sqrt(eps) ~ 300x. Attention is
+not globally Lipschitz either (its logits are quadratic in the input), so the error after B blocks obeys
+e_b <= delta_b + L_b e_(b-1): the block's own construction error delta_b plus the target block's local
+amplification L_b of the error it receives, both bounded in closed form from the construction's matrix errors,
+the target's weights and activations (sltlab.tickets.bound states and evaluates the bound).
 """
 
 from __future__ import annotations
@@ -124,12 +155,16 @@ def greedy_subset_sums(C: np.ndarray, T: np.ndarray, improve: bool = True) -> np
     return Z
 
 
-def _half_sums(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """All 2^k subset sums of c (k = len(c)) and the bit patterns that make them."""
-    k = len(c)
-    codes = np.arange(1 << k, dtype=np.int64)
-    bits = ((codes[:, None] >> np.arange(k)) & 1).astype(bool)
-    return bits @ c if k else np.zeros(1), bits
+def _half_sums(c: np.ndarray) -> np.ndarray:
+    """All 2^k subset sums of c (k = len(c)); entry `code` is the sum of the c[i] whose bit i is set in code."""
+    sums = np.zeros(1)
+    for v in c:  # doubling: the sums without c[i], then with it (bit i set)
+        sums = np.concatenate([sums, sums + v])
+    return sums
+
+
+def _bits(code: int, k: int) -> np.ndarray:
+    return ((code >> np.arange(k)) & 1).astype(bool)
 
 
 def mitm_subset_sum(c: np.ndarray, t: float) -> np.ndarray:
@@ -139,8 +174,8 @@ def mitm_subset_sum(c: np.ndarray, t: float) -> np.ndarray:
     if m == 0:
         return np.zeros(0, dtype=bool)
     h = m // 2
-    sa, ba = _half_sums(c[:h])
-    sb, bb = _half_sums(c[h:])
+    sa = _half_sums(c[:h])
+    sb = _half_sums(c[h:])
     order = np.argsort(sb)
     sb_sorted = sb[order]
     need = t - sa
@@ -153,7 +188,7 @@ def mitm_subset_sum(c: np.ndarray, t: float) -> np.ndarray:
     err = np.minimum(err_lo, err_hi)
     a = int(err.argmin())
     b = int(order[pick[a]])
-    return np.concatenate([ba[a], bb[b]])
+    return np.concatenate([_bits(a, h), _bits(b, m - h)])
 
 
 def milp_subset_sum(c: np.ndarray, t: float, time_limit: float) -> tuple[np.ndarray | None, bool]:
@@ -284,6 +319,99 @@ def construct_linear(
     )
 
 
+@dataclass
+class PairConstruction:
+    """Masks realising target W (out x in) as b(relu(a x)) * scale, and how well: the pair computes exactly
+    plus @ relu(x) - minus @ relu(-x) (for input >= 0 only `plus` matters; `minus` is then the target)."""
+
+    mask_a: torch.Tensor  # (p, in) bool: at most one kept entry per hidden unit
+    mask_b: torch.Tensor  # (out, p) bool
+    plus: torch.Tensor  # (out, in) realised map on relu(x)
+    minus: torch.Tensor  # (out, in) realised map on -relu(-x)
+    labels: list[str]
+    max_abs_error: float
+    rel_error: float  # Frobenius over both halves (signed) or the plus half, relative to the target
+    unreachable: int
+
+
+def construct_relu_pair(
+    target: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    signed: bool = True,
+    scale: float = 1.0,
+    cfg: ConstructConfig | None = None,
+    progress: bool = False,
+    desc: str = "relu pair",
+) -> PairConstruction:
+    """Masks on a (p x in) and b (out x p) so that b relu(a x) * scale ~ target x (see the module docstring).
+
+    signed: the input takes both signs (two subset-sums per entry, over the positive and the negative units of
+    the coordinate's block); False: the input is >= 0 (after a ReLU), so only the positive units are kept.
+    """
+    cfg = cfg or ConstructConfig()
+    W = target.detach().double().cpu().numpy()
+    A = a.detach().double().cpu().numpy()
+    B = b.detach().double().cpu().numpy()
+    out_dim, in_dim = W.shape
+    p = A.shape[0]
+    if A.shape[1] != in_dim or B.shape != (out_dim, p):
+        raise ConfigError(
+            "construct.shapes",
+            f"target {W.shape}, first {A.shape}, second {B.shape} do not chain",
+            "target (out, in), first (p, in), second (out, p)",
+        )
+    u = p // in_dim  # hidden units per input coordinate
+    unit = np.arange(in_dim)[:, None] * u + np.arange(u)[None, :]  # (in, u): hidden unit of (block j, slot i)
+    a_sel = A[unit, np.arange(in_dim)[:, None]]  # (in, u)
+    signs = (1, -1) if signed else (1,)
+    mask_a = np.zeros((p, in_dim), dtype=bool)
+    mask_b = np.zeros((out_dim, p), dtype=bool)
+    realised = {1: np.zeros_like(W), -1: W.copy()}  # without a negative half, minus is the target by definition
+    labels: list[str] = []
+    unreachable = 0
+    for sign in signs:
+        # Units of this sign, per block, left-aligned and zero-padded to the longest block (a zero candidate
+        # changes no sum; padded slots are dropped when the masks are written).
+        sel = (a_sel > 0) if sign > 0 else (a_sel < 0)
+        m = int(sel.sum(1).max()) if u else 0
+        slot = np.full((in_dim, m), -1, dtype=np.int64)
+        for j in range(in_dim):
+            idx = unit[j][sel[j]]
+            slot[j, : len(idx)] = idx
+        valid = slot >= 0
+        safe = np.where(valid, slot, 0)
+        a_of = A[safe, np.arange(in_dim)[:, None]] * valid  # (in, m)
+        C = B[:, safe] * a_of[None] * scale  # (out, in, m)
+        Cf, Tf = C.reshape(out_dim * in_dim, m), W.reshape(-1)
+        Z, lab = solve_subset_sums(Cf, Tf, cfg, progress=progress, desc=f"{desc} {'+' if sign > 0 else '-'}")
+        labels += lab
+        Z = Z & np.broadcast_to(valid[None], (out_dim, in_dim, m)).reshape(out_dim * in_dim, m)
+        realised[sign] = (Cf * Z).sum(1).reshape(out_dim, in_dim)
+        lo = np.where(Cf < 0, Cf, 0).sum(1)
+        hi = np.where(Cf > 0, Cf, 0).sum(1)
+        unreachable += int(((Tf < lo - 1e-12) | (Tf > hi + 1e-12)).sum())
+        rows = slot[valid]
+        mask_a[rows, np.nonzero(valid)[0]] = True
+        Z3 = Z.reshape(out_dim, in_dim, m)
+        for j in range(in_dim):
+            k = int(valid[j].sum())
+            mask_b[:, slot[j, :k]] = Z3[:, j, :k]
+    errs = [realised[sg] - W for sg in signs]
+    max_abs = max(float(np.abs(e).max()) if e.size else 0.0 for e in errs)
+    rel = float(np.sqrt(sum((e**2).sum() for e in errs) / len(signs)) / max(np.linalg.norm(W), 1e-300))
+    return PairConstruction(
+        mask_a=torch.from_numpy(mask_a),
+        mask_b=torch.from_numpy(mask_b),
+        plus=torch.from_numpy(realised[1]),
+        minus=torch.from_numpy(realised[-1]),
+        labels=labels,
+        max_abs_error=max_abs,
+        rel_error=rel,
+        unreachable=unreachable,
+    )
+
+
 # ----------------------------------------------------------------------------------------------------
 # Fixed masks on supermask parametrizations.
 # ----------------------------------------------------------------------------------------------------
@@ -370,13 +498,15 @@ def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)}
 
 
-def merged_matrices(attn: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def merged_matrices(attn: nn.Module, effective: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Per head, the two d x d matrices an attention really computes with, oriented for `construct_linear`:
     QK = W_K,h^T W_Q,h / sqrt(n_k) (entry (l, j) couples key coordinate l with query coordinate j; logit of
     tokens x, x' is sum_jl x_j QK[l, j] x'_l) and VO = W_O,h W_V,h (out x in: a head's output is A (x VO^T)).
+    effective: from the weights the forward uses (masked and scaled), not the raw random ones.
     """
     H, nk, nv = attn.n_heads, attn.head_dim_qk, attn.head_dim_v
-    wq, wk, wv, wo = (raw_weight(getattr(attn, n)).double() for n in "qkvo")
+    pick = (lambda m: m.weight.detach()) if effective else raw_weight
+    wq, wk, wv, wo = (pick(getattr(attn, n)).double() for n in "qkvo")
     qk, vo = [], []
     for h in range(H):
         q_h, k_h = wq[h * nk : (h + 1) * nk], wk[h * nk : (h + 1) * nk]
@@ -393,8 +523,18 @@ def candidate_scale(attn: nn.Module) -> tuple[float, float]:
     return wq * wk / math.sqrt(attn.head_dim_qk), wv * wo
 
 
+def folded_merged(attn: nn.Module, gain: torch.Tensor | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The target's merged matrices with an input gain g folded in (a pre-norm's gain, see the module
+    docstring): QK -> diag(g) QK diag(g), VO -> VO diag(g). gain None: `merged_matrices` unchanged."""
+    qk, vo = merged_matrices(attn)
+    if gain is None:
+        return qk, vo
+    g = gain.detach().double().cpu()
+    return [g[:, None] * m * g[None, :] for m in qk], [m * g[None, :] for m in vo]
+
+
 def check_norm_assumptions(
-    target_attn: nn.Module, source_attn: nn.Module, where: str = "attn"
+    target_attn: nn.Module, source_attn: nn.Module, where: str = "attn", gain: torch.Tensor | None = None
 ) -> dict[str, float]:
     """Warn when the target's merged entries exceed the theory's bound for this source's init scale.
 
@@ -402,7 +542,7 @@ def check_norm_assumptions(
     source's units that is |entry| <= the largest candidate product. Beyond it the error need not fall with
     width as the theory says (with a too-small init scale, not until the width can add up to the entry).
     """
-    qk, vo = merged_matrices(target_attn)
+    qk, vo = folded_merged(target_attn, gain)
     s_qk, s_vo = candidate_scale(source_attn)
     r_qk = max(float(m.abs().max()) for m in qk) / max(s_qk, 1e-300)
     r_vo = max(float(m.abs().max()) for m in vo) / max(s_vo, 1e-300)
@@ -424,8 +564,10 @@ def construct_attention(
     cfg: ConstructConfig | None = None,
     progress: bool = False,
     name: str = "attn",
+    gain: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Masks for the source's q, k, v, o realising the target's merged matrices, head by head."""
+    """Masks for the source's q, k, v, o realising the target's merged matrices, head by head (with a pre-norm
+    gain folded in when `gain` is given)."""
     cfg = cfg or ConstructConfig()
     H, d = target_attn.n_heads, target_attn.q.in_features
     if source_attn.n_heads != H or source_attn.q.in_features != d:
@@ -445,8 +587,8 @@ def construct_attention(
             "the constructed ticket is empty",
             stacklevel=2,
         )
-    ratios = check_norm_assumptions(target_attn, source_attn, name) if cfg.warn else {}
-    qk_t, vo_t = merged_matrices(target_attn)
+    ratios = check_norm_assumptions(target_attn, source_attn, name, gain) if cfg.warn else {}
+    qk_t, vo_t = folded_merged(target_attn, gain)
     wq, wk, wv, wo = (raw_weight(getattr(source_attn, x)) for x in "qkvo")
     masks = {x: torch.zeros_like(w, dtype=torch.bool) for x, w in zip("qkvo", (wq, wk, wv, wo), strict=True)}
     labels: list[str] = []
@@ -483,11 +625,123 @@ def construct_attention(
     return masks, info
 
 
+# ----------------------------------------------------------------------------------------------------
+# The ReLU MLP, norms, and whole blocks.
+# ----------------------------------------------------------------------------------------------------
+
+
+def mlp_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Name -> MLP: the transformer's standard MLP and the theory's PairedMLP."""
+    from sltlab.nn.theory import PairedMLP
+    from sltlab.nn.transformer import MLP
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, MLP | PairedMLP)}
+
+
+def construct_mlp(
+    target_mlp: nn.Module,
+    source_mlp: nn.Module,
+    cfg: ConstructConfig | None = None,
+    progress: bool = False,
+    name: str = "mlp",
+    gain: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Masks for a PairedMLP source realising a ReLU MLP target W2 relu(W1 x): fc1's pair for W1 (signed input;
+    with a pre-norm gain g folded in, W1 diag(g)), fc2's pair for W2 (input >= 0 after the ReLU)."""
+    from sltlab.nn.theory import PairedMLP
+
+    cfg = cfg or ConstructConfig()
+    if not isinstance(source_mlp, PairedMLP):
+        raise ConfigError(
+            "construct.source",
+            f"{name}: a random MLP of one hidden layer holds no subset-sum ticket for a ReLU MLP of the same depth",
+            "the theory's PairedMLP source (study.source_mlp = 'paired'): two random layers per target layer",
+        )
+    act = getattr(target_mlp, "act", None)
+    if not isinstance(act, nn.ReLU) or getattr(target_mlp, "square", False):
+        raise ConfigError(
+            "construct.target", f"{name}: the MLP construction realises a ReLU MLP, the target's activation is "
+            f"{type(act).__name__}", "a target with activation = 'relu' (study.activation)",
+        )
+    w1, w2 = raw_weight(target_mlp.fc1).double(), raw_weight(target_mlp.fc2).double()
+    if gain is not None:
+        w1 = w1 * gain.detach().double().cpu()[None, :]
+    if source_mlp.fc1.b.out_features != w1.shape[0] or source_mlp.fc1.a.in_features != w1.shape[1]:
+        raise ConfigError("construct.source", f"{name}: source d / d_ff differ from the target's",
+                          "a source of the target's d_model and d_ff")
+    src = {f"{f}.{x}": raw_weight(getattr(getattr(source_mlp, f), x)) for f in ("fc1", "fc2") for x in "ab"}
+    c1 = construct_relu_pair(w1, src["fc1.a"], src["fc1.b"], True, 1.0, cfg, progress, f"{name} fc1")
+    c2 = construct_relu_pair(w2, src["fc2.a"], src["fc2.b"], False, 1.0, cfg, progress, f"{name} fc2")
+    masks = {"fc1.a": c1.mask_a, "fc1.b": c1.mask_b, "fc2.a": c2.mask_a, "fc2.b": c2.mask_b}
+    info = {
+        "fc1_max_abs_error": c1.max_abs_error,
+        "fc2_max_abs_error": c2.max_abs_error,
+        "fc1_rel_error": c1.rel_error,
+        "fc2_rel_error": c2.rel_error,
+        "unreachable_entries": c1.unreachable + c2.unreachable,
+        "solver_counts": dict(Counter(c1.labels + c2.labels)),
+        "n_entries": len(c1.labels) + len(c2.labels),
+    }
+    return masks, info
+
+
+def _is_identity_affine(norm: nn.Module) -> bool:
+    w, b = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    return (w is None or bool((w == 1).all())) and (b is None or bool((b == 0).all()))
+
+
+@torch.no_grad()
+def plan_norms(source: nn.Module, target: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """How every norm of the target is carried into the source (see the module docstring).
+
+    Returns (gains to fold: name of the attention or MLP that reads a pre-norm -> its gain; per norm: "same"
+    (identity affine in both), "copied" (the source's affine is free: the target's gain and bias are copied
+    into it, which this does) or "folded"). Raises ConfigError for what has no closed form.
+    """
+    from sltlab.nn.norm import is_norm
+
+    tmods, smods = dict(target.named_modules()), dict(source.named_modules())
+    gains: dict[str, torch.Tensor] = {}
+    how: dict[str, str] = {}
+    for name, t in tmods.items():
+        if not is_norm(t):
+            continue
+        s = smods.get(name)
+        if s is None or type(s) is not type(t) or getattr(s, "eps", None) != getattr(t, "eps", None):
+            raise ConfigError("construct.target", f"norm {name!r}: the source's is {type(s).__name__}, the "
+                              f"target's {type(t).__name__}", "source and target with the same norm spec")
+        if any(p.requires_grad for p in s.parameters()):
+            for pname, p in t.named_parameters():
+                getattr(s, pname).copy_(p)
+            how[name] = "copied"
+            continue
+        if _is_identity_affine(t) and _is_identity_affine(s):
+            how[name] = "same"
+            continue
+        parent_name, _, leaf = name.rpartition(".")
+        parent = tmods[parent_name]
+        reads = {"norm1": "attn", "norm": "attn", "norm2": "mlp"}.get(leaf)
+        bias = getattr(t, "bias", None)
+        if getattr(parent, "placement", None) != "pre" or reads is None or (bias is not None and bool(bias.any())):
+            raise ConfigError(
+                "construct.target",
+                f"norm {name!r}: the target's gain/bias has no closed form in a frozen, bias-free source "
+                "(only a pre-norm's gain folds into the maps that read it)",
+                "the LN-integrated ticket (variant '...+affine'), which copies the target's affine",
+            )
+        src_gain = getattr(s, "weight", None)
+        ratio = t.weight.detach() / (src_gain.detach() if src_gain is not None else 1.0)
+        gains[f"{parent_name}.{reads}" if parent_name else reads] = ratio
+        how[name] = "folded"
+    return gains, how
+
+
 def construct_ticket(
     source: nn.Module, target: nn.Module, cfg: ConstructConfig | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    """Construct and set the masks of every attention of `source` (a masked NormedAttention or Stack) from
-    the matching attention of `target`. Other masked layers (an MLP) are refused: it covers attention only."""
+    """Construct and set the masks of `source` (a masked NormedAttention, Stack or AttentionChain) from the
+    matching modules of `target`: every attention, every ReLU MLP (the source's must be PairedMLPs), and the
+    norms' affine (copied, folded or identical; see the module docstring)."""
     t0 = time.perf_counter()
     src_attn, tgt_attn = attention_modules(source), attention_modules(target)
     if set(src_attn) != set(tgt_attn) or not src_attn:
@@ -496,26 +750,43 @@ def construct_ticket(
             "source and target attentions do not match one to one",
             "source and target of the same arch and depth",
         )
+    src_mlp, tgt_mlp = mlp_modules(source), mlp_modules(target)
+    if set(src_mlp) != set(tgt_mlp):
+        raise ConfigError("construct.target", "source and target MLPs do not match one to one",
+                          "source and target of the same arch, depth and mlp setting")
     sms = supermasks(source)
-    covered = {f"{a}.{x}" if a else x for a in src_attn for x in "qkvo"}
+
+    def full(prefix: str, leaf: str) -> str:
+        return f"{prefix}.{leaf}" if prefix else leaf
+
+    covered = {full(a, x) for a in src_attn for x in "qkvo"}
+    covered |= {full(m, f"{f}.{x}") for m in src_mlp for f in ("fc1", "fc2") for x in "ab"}
     other = sorted(set(sms) - covered)
     if other:
         raise ConfigError(
             "construct.target",
-            f"masked layers outside attention: {other}",
-            "attention-only sources (study.mlp = false); the construction covers attention",
+            f"masked layers the construction does not cover: {other}",
+            "attentions and PairedMLPs only (study.source_mlp = 'paired' for a block with an MLP)",
         )
+    gains, norms = plan_norms(source, target)
     masks: dict[str, torch.Tensor] = {}
     per_layer: dict[str, dict[str, Any]] = {}
     counts: Counter[str] = Counter()
     for a in sorted(src_attn):
-        m, info = construct_attention(tgt_attn[a], src_attn[a], cfg, progress, a or "attn")
+        m, info = construct_attention(tgt_attn[a], src_attn[a], cfg, progress, a or "attn", gains.get(a or "attn"))
         for x, mask in m.items():
-            masks[f"{a}.{x}" if a else x] = mask
+            masks[full(a, x)] = mask
         counts.update(info.pop("solver_counts"))
         per_layer[a or "attn"] = info
+    mlp_info: dict[str, dict[str, Any]] = {}
+    for name in sorted(src_mlp):
+        m, info = construct_mlp(tgt_mlp[name], src_mlp[name], cfg, progress, name, gains.get(name))
+        for x, mask in m.items():
+            masks[full(name, x)] = mask
+        counts.update(info.pop("solver_counts"))
+        mlp_info[name] = info
     set_fixed_masks(source, masks)
-    return {
+    out: dict[str, Any] = {
         "construct_s": time.perf_counter() - t0,
         "solver_counts": dict(counts),
         "qk_max_abs_error": max(v["qk_max_abs_error"] for v in per_layer.values()),
@@ -531,3 +802,13 @@ def construct_ticket(
         ),
         "per_layer_construct": per_layer,
     }
+    if mlp_info:
+        # Only blocks with an MLP carry these, so attention-only results keep exactly their old keys.
+        vals = list(mlp_info.values())
+        out["mlp_max_abs_error"] = max(max(v["fc1_max_abs_error"], v["fc2_max_abs_error"]) for v in vals)
+        out["mlp_rel_error"] = float(np.mean([(v["fc1_rel_error"] + v["fc2_rel_error"]) / 2 for v in vals]))
+        out["mlp_unreachable_entries"] = sum(v["unreachable_entries"] for v in vals)
+        out["per_mlp_construct"] = mlp_info
+    if any(v != "same" for v in norms.values()):
+        out["norms"] = norms
+    return out

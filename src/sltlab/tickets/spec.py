@@ -9,13 +9,14 @@ from typing import Any, Literal
 
 from torch import nn
 
-from sltlab.nn.init import InitSpec, init_model
+from sltlab.nn.init import InitSpec, init_model, random_norm_affine
+from sltlab.nn.theory import AttentionChain, use_paired_mlp
 from sltlab.nn.transformer import CausalLM, EncoderClassifier, ModelConfig, NormedAttention, Stack
 from sltlab.runs.config import from_dict
 from sltlab.tickets.supermask import SupermaskConfig, apply_supermask
 
-Arch = Literal["encoder-classifier", "causal-lm", "mha", "stack"]
-ARCHS: tuple[str, ...] = ("encoder-classifier", "causal-lm", "mha", "stack")
+Arch = Literal["encoder-classifier", "causal-lm", "mha", "stack", "attention-chain"]
+ARCHS: tuple[str, ...] = ("encoder-classifier", "causal-lm", "mha", "stack", "attention-chain")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,10 @@ class ModelSpec:
     """arch + shape + seeded init + (optional) supermask. `options`: arch extras, e.g. {"logit_scale": true}.
 
     arch "mha" is a NormedAttention (a bare multi-head attention under the norm spec, no residual); "stack" is
-    cfg.n_layers residual blocks over continuous inputs.
+    cfg.n_layers residual blocks over continuous inputs ({"mlp_pairs": u} in options: each block's MLP is the
+    theory's PairedMLP with u units per input coordinate, sltlab.nn.theory); "attention-chain" is cfg.n_layers
+    bare attentions in a row, no residual (sltlab.nn.theory.AttentionChain). {"random_norm_affine": true}: the
+    norms' gain and bias are drawn from the init seed instead of 1 and 0 (sltlab.nn.init.random_norm_affine).
     """
 
     arch: Arch
@@ -85,7 +89,12 @@ def _architecture(spec: ModelSpec) -> nn.Module:
         return CausalLM(cfg, logit_scale=bool(spec.options.get("logit_scale", False)))
     if spec.arch == "mha":
         return NormedAttention(cfg)
-    return Stack(cfg)
+    if spec.arch == "attention-chain":
+        return AttentionChain(cfg)
+    stack = Stack(cfg)
+    if spec.options.get("mlp_pairs"):
+        use_paired_mlp(stack, cfg, int(spec.options["mlp_pairs"]))
+    return stack
 
 
 def param_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
@@ -129,6 +138,8 @@ def build_model(spec: ModelSpec) -> nn.Module:
     seeded by that block's names, and its mask), so a stage has one mask; "unshared" gives each block its own."""
     model = _architecture(spec)
     init_model(model, spec.init)
+    if spec.options.get("random_norm_affine"):
+        random_norm_affine(model, spec.init.seed)
     if spec.mask is not None:
         # A stage's shared weight is a tied weight: with mask_sharing "shared" it gets one Supermask (its first
         # block's, seeded by that block's names); "unshared" blocks carry nn.transformer.OWN_MASK, one each.
