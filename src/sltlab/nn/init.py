@@ -87,7 +87,7 @@ def param_role(name: str) -> str:
     """q, k, v, o, mlp-in (an MLP's pre-activation layer), mlp-pair (a layer of a PairedMLP: mlp.fc1.a ...),
     embedding or other, from our naming (blocks.N.attn.q.weight ...)."""
     parts = name.split(".")
-    if len(parts) >= 4 and parts[-4] == "mlp" and parts[-3] in ("fc1", "fc2") and parts[-2] in ("a", "b"):
+    if len(parts) >= 3 and parts[-3] in ("fc1", "fc2") and parts[-2] in ("a", "b"):
         return "mlp-pair"
     in_attention = "attn" in parts or len(parts) == 2  # a standalone MultiHeadAttention names them q.weight ...
     if len(parts) >= 2 and parts[-1] == "weight" and parts[-2] in ("q", "k", "v", "o") and in_attention:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -44,6 +44,7 @@ from sltlab.runs.config import check_range
 from sltlab.runs.device import Where, determinism, resolve_device
 from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
 from sltlab.tickets import methods
+from sltlab.tickets.construct import ConstructConfig
 from sltlab.tickets.search import SearchConfig, run_search
 from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig, get_masks, mask_density, supermasks
@@ -85,6 +86,8 @@ class ApproxStudy(Where):
     activation: Literal["gelu", "relu"] = "gelu"
     source_mlp: Literal["standard", "paired"] = "standard"
     target_affine: Literal["identity", "random"] = "identity"
+    # How method construct solves its subset-sums ([construct] table; in the run id only away from the defaults).
+    construct: ConstructConfig = field(default_factory=ConstructConfig)
     widths: tuple[int, ...] = (8, 16, 32, 64)
     variants: tuple[str, ...] = ("none", "pre-ln", "post-ln", "ln-integrated")
     methods: tuple[str, ...] = ("edge-popup",)
@@ -338,6 +341,8 @@ class ApproxRun:
             **({"fold": self.fold} if self.folded else {}),
             # likewise the block construction's settings, away from their defaults only
             **{k: getattr(s, k) for k, default in BLOCK_DEFAULTS.items() if getattr(s, k) != default},
+            **({"construct": asdict(s.construct)}
+               if self.method == "construct" and s.construct != ConstructConfig() else {}),
             **({"mask_sharing": s.mask_sharing} if self.folded and s.mask_sharing != "unshared" else {}),
         }
 
@@ -463,7 +468,7 @@ def approx_finder(
                           f"imitates a {run.target_norm.name!r} target", 'target = "own" with method construct')
     from sltlab.tickets.construct import construct_ticket
 
-    return construct_ticket(source, target, cfg, progress)
+    return construct_ticket(source, target, cfg if cfg is not None else run.study.construct, progress)
 
 
 def finder_for(method: str) -> TicketFinder:

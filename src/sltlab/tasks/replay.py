@@ -34,7 +34,7 @@ def approx_target_spec(config: Mapping[str, Any]) -> Any:
     from sltlab.tasks.approx import ApproxRun, ApproxStudy
 
     names = {f.name for f in dataclasses.fields(ApproxStudy)}
-    kw = {k: v for k, v in config.items() if k in names and k not in ("search", "store", "out_dir")}
+    kw = {k: v for k, v in config.items() if k in names and k not in ("search", "store", "out_dir", "construct")}
     kw.update(
         name=str(config.get("study", "approx")),
         heads=(int(config["n_heads"]),),
