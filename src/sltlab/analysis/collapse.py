@@ -96,8 +96,13 @@ FUNCTIONS = {"res_l1linf": res_l1linf, "mu": mu, "mu_rel": mu_rel, "erank": eran
 
 
 def collapse_metrics(x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every metric of METRICS for each sequence of x (..., T, d): name -> tensor of shape (...)."""
-    return {name: FUNCTIONS[name](x) for name in METRICS}
+    """Every metric of METRICS for each sequence of x (..., T, d): name -> tensor of shape (...). A sequence
+    with a non-finite value (an overflowed network) gets NaN in every metric."""
+    x = _f64(x)
+    bad = ~torch.isfinite(x).flatten(-2).all(-1)
+    if bool(bad.any()):
+        x = torch.where(bad[..., None, None], torch.zeros_like(x), x)
+    return {name: FUNCTIONS[name](x).masked_fill(bad, math.nan) for name in METRICS}
 
 
 def batch_summary(x: torch.Tensor) -> dict[str, float]:
@@ -109,4 +114,4 @@ def batch_summary(x: torch.Tensor) -> dict[str, float]:
             out[name] = float(v.clamp(min=1e-300).log().mean().exp()) if v.numel() else math.nan
         else:
             out[name] = float(v.mean()) if v.numel() else math.nan
-    return out
+    return out  # NaN when any sequence overflowed: a mean over the survivors would hide it

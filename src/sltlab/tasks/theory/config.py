@@ -91,14 +91,57 @@ class WarmstartExp:
 
 
 @dataclass(frozen=True)
+class BlocksExp:
+    """Constructed tickets for whole blocks (attention + ReLU MLP + residuals) in stacks of `blocks` blocks.
+
+    One cell per (variant, width, seed) builds the deepest stack: the first b blocks of it are the b-block
+    stack (weights are drawn by name, each block's ticket is built for its own target block), so the error
+    after every block is the error of every depth 1..blocks. Variants in `affine_variants` run against a target
+    whose norms have a random gain and bias (copied by an LN-integrated ticket, folded for pre-RMS).
+    Searched tickets (edge-popup, `search_blocks` blocks, the same paired source) sit beside the construction:
+    `search_settings` default | density (keep = the constructed ticket's density) | warm (scores start from the
+    constructed mask, lr `warm_lr`) | long (`long_factor` x the steps); `search_inits` their sources.
+    """
+
+    d_model: int = 8
+    heads: int = 2
+    blocks: int = 8
+    widths: tuple[int, ...] = (48, 64, 80, 96, 112, 128, 144, 160)
+    variants: tuple[str, ...] = ("none", "pre-ln", "post-ln", "pre-rms", "post-rms")
+    affine_variants: tuple[str, ...] = ("pre-ln+affine", "pre-rms")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    source_init: str = "theory"
+    source_gain: float = 1.0
+    seq_len: int = 8
+    n_test: int = 256
+    bound_inputs: int = 64
+    floor: float = 3e-6
+    search_blocks: int = 1
+    search_widths: tuple[int, ...] = (64, 128)
+    search_variants: tuple[str, ...] = ("pre-ln",)
+    search_inits: tuple[str, ...] = ("theory", "kaiming-uniform")
+    search_settings: tuple[str, ...] = ("default", "density", "warm", "long")
+    search_seeds: tuple[int, ...] = (0, 1, 2)
+    search_steps: int = 200
+    search_lr: float = 0.05
+    warm_lr: float = 0.005
+    long_factor: int = 4
+    n_train: int = 1024
+
+
+SEARCH_SETTINGS = ("default", "density", "warm", "long")
+
+
+@dataclass(frozen=True)
 class TheoryConfig(Where):
-    """All five experiments; a TOML file may set any subset of their fields."""
+    """All six experiments; a TOML file may set any subset of their fields."""
 
     width: WidthExp = field(default_factory=WidthExp)
     threshold: ThresholdExp = field(default_factory=ThresholdExp)
     angular: AngularExp = field(default_factory=AngularExp)
     seqlen: SeqlenExp = field(default_factory=SeqlenExp)
     warmstart: WarmstartExp = field(default_factory=WarmstartExp)
+    blocks: BlocksExp = field(default_factory=BlocksExp)
     construct: ConstructConfig = field(default_factory=ConstructConfig)
     # device / precision / deterministic (sltlab.runs.device.Where): where the searched cells of the width
     # experiment run (in their run ids only away from cpu / fp32). Constructed tickets are a combinatorial solver on
@@ -106,8 +149,15 @@ class TheoryConfig(Where):
 
     def __post_init__(self) -> None:
         self.check_where("theory.")
-        for name in ("width", "threshold", "angular", "seqlen", "warmstart"):
+        for name in ("width", "threshold", "angular", "seqlen", "warmstart", "blocks"):
             _check_section(f"theory.{name}", getattr(self, name))
+        for i, v in enumerate(self.blocks.search_settings):
+            if v not in SEARCH_SETTINGS:
+                raise ConfigError(f"theory.blocks.search_settings[{i}]", f"unknown setting {v!r}",
+                                  " | ".join(SEARCH_SETTINGS))
+        if self.blocks.bound_inputs > self.blocks.n_test:
+            raise ConfigError("theory.blocks.bound_inputs", f"{self.blocks.bound_inputs} is more than n_test = "
+                              f"{self.blocks.n_test}", "at most n_test (the bound reads the first test inputs)")
 
 
 def _check_section(prefix: str, exp: Any) -> None:
@@ -136,6 +186,8 @@ def _check_section(prefix: str, exp: Any) -> None:
                 check_range(at, v, 0)
             elif "gain" in f.name and f.name != "gain_d_model":
                 check_range(at, v, 0.0, 1e3, lo_open=True)
+            elif f.name == "search_settings":
+                continue  # checked by name in TheoryConfig
             elif "lr" in f.name or f.name == "eps":
                 check_range(at, v, 0.0, lo_open=True)
             elif f.name == "floor":
@@ -162,7 +214,7 @@ def load_config(path: str | None, sets: list[str] | None = None, seeds: list[int
         data = dict(raw.get("theory", raw))
     apply_sets(data, sets or [])
     if seeds is not None:
-        for section in ("width", "threshold", "angular", "seqlen", "warmstart"):
+        for section in ("width", "threshold", "angular", "seqlen", "warmstart", "blocks"):
             data.setdefault(section, {})["seeds"] = list(seeds)
     return from_dict(TheoryConfig, data, prefix="theory")
 

@@ -66,3 +66,55 @@ def fit_past(rows: list[dict[str, Any]], start: float, floor: float) -> dict[str
     fit = fit_laws([p[0] for p in pts], [p[1] for p in pts])
     fit["below_floor"] = sum(1 for r in rows if r["width"] >= start and r["rel_error"] <= floor)
     return fit
+
+
+def _t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided t interval of independent values (n < 2: no interval)."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    if len(v) < 2:
+        return float(v.mean()), math.nan, math.nan
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half
+
+
+def seed_slopes(rows: list[dict[str, Any]], start: float, floor: float) -> dict[str, Any]:
+    """The exponential law past `start`, with the weight seed as the unit: per seed, the least-squares slope of
+    log(error) on width (errors above `floor`, at least 3 widths), then the mean slope and its 95% t interval
+    over seeds, and the width over which the error falls by e (-1 / slope) with the interval carried over."""
+    by_seed: dict[Any, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if math.isfinite(start) and r["width"] >= start and r["rel_error"] > floor:
+            by_seed[r["seed"]].append((float(r["width"]), math.log(float(r["rel_error"]))))
+    slopes = {}
+    for seed, pts in sorted(by_seed.items()):
+        if len({w for w, _ in pts}) >= 3:
+            w, y = np.array(pts).T
+            slopes[seed] = float(np.polyfit(w, y, 1)[0])
+    mean, lo, hi = _t_interval(list(slopes.values()))
+    return {
+        "n_seeds": len(slopes),
+        "slope": mean, "slope_ci_low": lo, "slope_ci_high": hi,
+        "e_fold_width": -1 / mean if mean < 0 else math.nan,
+        "e_fold_ci": (-1 / lo if lo < 0 else math.nan, -1 / hi if hi < 0 else math.inf),
+        "per_seed_slope": slopes,
+    }
+
+
+def paired_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
+    """a's error over b's, paired by weight seed (rows of one width): the geometric-mean ratio and its 95% t
+    interval on the log scale, over the seeds both have."""
+    ea = defaultdict(list)
+    eb = defaultdict(list)
+    for r in a:
+        ea[r["seed"]].append(math.log(max(float(r["rel_error"]), 1e-30)))
+    for r in b:
+        eb[r["seed"]].append(math.log(max(float(r["rel_error"]), 1e-30)))
+    diffs = [float(np.mean(ea[s]) - np.mean(eb[s])) for s in sorted(set(ea) & set(eb))]
+    mean, lo, hi = _t_interval(diffs)
+    return {"n_seeds": len(diffs), "ratio": math.exp(mean) if diffs else math.nan,
+            "ci_low": math.exp(lo) if math.isfinite(lo) else math.nan,
+            "ci_high": math.exp(hi) if math.isfinite(hi) else math.nan}
