@@ -18,12 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
+from sltlab.runs.store import atomic_write_bytes
 from sltlab.tasks.theory.config import BlocksExp, TheoryConfig
-from sltlab.tasks.theory.curves import fit_means_past, mean_by, paired_ratio, seed_slopes, threshold_of
-from sltlab.tasks.theory.output import figure, save_png, write_csv
+from sltlab.tasks.theory.curves import exp_fit_past, mean_by, paired_ratio, threshold_of
+from sltlab.tasks.theory.output import figure, png_bytes, write_csv
 from sltlab.tasks.theory.runner import Runner
 from sltlab.tickets.construct import ConstructConfig
 
@@ -123,36 +123,59 @@ def run_blocks(cfg: TheoryConfig, runner: Runner, out: Path) -> dict[str, Any]:
     e = cfg.blocks
     construct = asdict(cfg.construct)
     groups = [(v, "identity") for v in e.variants] + [(v, "random") for v in e.affine_variants]
-    rows, bound_rows = [], []
+    rows: list[dict[str, Any]] = []
+    bound_rows: list[dict[str, Any]] = []
+    search_rows: list[dict[str, Any]] = []
     jobs = [(v, a, w, s) for v, a in groups for w in e.widths for s in e.seeds]
     for v, a, w, s in tqdm(jobs, desc="theory blocks", disable=not runner.progress):
         conf = {"experiment": "blocks-construct", **_section(e), "variant": v, "target_affine": a, "width": w,
                 "seed": s, "construct": construct}
         m = runner(conf, lambda v=v, a=a, w=w, s=s: _construct_cell(e, v, a, w, s, cfg.construct))
-        label = v if a == "identity" else f"{v} (random target affine)"
-        per_block = m["per_block_rel_error"]
-        if not isinstance(per_block, list):  # a placeholder in the command's first pass
-            per_block = [math.nan] * e.blocks
-        for b, err in enumerate(per_block):
-            rows.append({"variant": label, "method": "construct", "width": w, "seed": s, "block": b + 1,
-                         "rel_error": err, "unreachable_frac": m["unreachable_frac"], "density": m["density"]})
-        for b in range(len(per_block)):
-            bound_rows.append({"variant": label, "width": w, "seed": s, "block": b + 1,
-                               **{k: _at(m.get(k), b) for k in ("error_median", "bound_median", "delta_median",
-                                                                "amplification_median", "ln_factor_median",
-                                                                "bound_holds")}})
-    search_rows = []
+        add_rows(conf, m, rows, bound_rows, search_rows)
     sjobs = [(v, w, s, i, st) for v in e.search_variants for w in e.search_widths for s in e.search_seeds
              for i in e.search_inits for st in e.search_settings if st != "warm" or i == e.source_init]
     for v, w, s, i, st in tqdm(sjobs, desc="theory blocks search", disable=not runner.progress):
         conf = {"experiment": "blocks-search", **_section(e), "variant": v, "width": w, "seed": s, "init": i,
                 "setting": st, **({"construct": construct} if st in ("density", "warm") else {})}
         m = runner(conf, lambda v=v, w=w, s=s, i=i, st=st: _search_cell(e, v, w, s, i, st, cfg.construct))
-        search_rows.append({"variant": v, "method": f"search/{st}/{i}", "width": w, "seed": s,
-                            "block": e.search_blocks, "rel_error": m["rel_error"], "density": m["density"]})
+        add_rows(conf, m, rows, bound_rows, search_rows)
     write_csv(out / "blocks.csv", rows + search_rows)
     write_csv(out / "blocks_bound.csv", bound_rows)
-    return summarise_blocks(e, rows, bound_rows, search_rows, out)
+    summary, pngs = summarise_blocks(e, rows, bound_rows, search_rows)
+    for name, png in pngs.items():
+        atomic_write_bytes(out / name, png)
+    return summary
+
+
+def add_rows(conf: dict[str, Any], m: dict[str, Any], rows: list[dict[str, Any]], bound_rows: list[dict[str, Any]],
+             search_rows: list[dict[str, Any]]) -> None:
+    """The table rows of one stored cell (its config and metrics): per block for a constructed ticket (error,
+    and the bound's numbers), one for a searched one."""
+    w, s = conf["width"], conf["seed"]
+    if conf["experiment"] == "blocks-search":
+        search_rows.append({"variant": conf["variant"], "method": f"search/{conf['setting']}/{conf['init']}",
+                            "width": w, "seed": s, "block": conf["search_blocks"], "rel_error": m["rel_error"],
+                            "density": m.get("density", math.nan)})
+        return
+    v = conf["variant"]
+    label = v if conf.get("target_affine", "identity") == "identity" else f"{v} (random target affine)"
+    per_block = m["per_block_rel_error"]
+    if not isinstance(per_block, list):  # a placeholder in the command's first pass
+        per_block = [math.nan] * int(conf["blocks"])
+    for b, err in enumerate(per_block):
+        rows.append({"variant": label, "method": "construct", "width": w, "seed": s, "block": b + 1,
+                     "rel_error": err, "unreachable_frac": m["unreachable_frac"], "density": m.get("density")})
+        bound_rows.append({"variant": label, "width": w, "seed": s, "block": b + 1,
+                           **{k: _at(m.get(k), b) for k in ("error_median", "bound_median", "delta_median",
+                                                            "amplification_median", "ln_factor_median",
+                                                            "bound_holds")}})
+
+
+def exp_of(config: dict[str, Any]) -> BlocksExp:
+    """The experiment's scalar settings as a stored cell recorded them (its lists at their defaults)."""
+    from dataclasses import fields
+
+    return BlocksExp(**{f.name: config[f.name] for f in fields(BlocksExp) if f.name in config})
 
 
 def _at(v: Any, b: int) -> float:
@@ -160,11 +183,12 @@ def _at(v: Any, b: int) -> float:
 
 
 def summarise_blocks(e: BlocksExp, rows: list[dict[str, Any]], bound_rows: list[dict[str, Any]],
-                     search_rows: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+                     search_rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, bytes]]:
     """Fits past the threshold per variant (after block 1 and after the last block), the bound per block, the
-    search/construction gap per width; and the figures blocks.png and blocks_search.png."""
+    search/construction gap per width; and the figures blocks.png and blocks_search.png (PNG bytes)."""
     summary: dict[str, Any] = {}
     variants = list(dict.fromkeys(r["variant"] for r in rows))
+    colors = {v: f"C{i}" for i, v in enumerate(variants)}
     fig, axes = figure(3, width=5.6)
     for v in variants:
         for b, style in ((1, "o--"), (e.blocks, "o-")):
@@ -172,22 +196,15 @@ def summarise_blocks(e: BlocksExp, rows: list[dict[str, Any]], bound_rows: list[
             if not sub:
                 continue
             start = threshold_of(sub)
-            fit = seed_slopes(sub, start, e.floor)
-            fitm = fit_means_past(sub, start if math.isfinite(start) else math.inf, e.floor)
-            summary[f"{v} block {b}"] = {"threshold": start, **fit, "exp_r2_seed_means": fitm["exp_r2"],
-                                         "power_r2_seed_means": fitm["power_r2"]}
+            summary[f"{v} block {b}"] = {"threshold": start, **exp_fit_past(sub, start, e.floor)}
             means = mean_by(sub, ("width",), "rel_error")
             ws = sorted(k[0] for k in means)
-            line = axes[0].semilogy(ws, [means[(w,)] for w in ws], style, ms=3,
-                                    label=f"{v}, after block {b}" if b == e.blocks or v == variants[0] else None)
-            if b == e.blocks and math.isfinite(fitm["exp_slope"]):
-                xs = np.array([w for w in ws if w >= start])
-                axes[0].semilogy(xs, np.exp(fitm["exp_intercept"] + fitm["exp_slope"] * xs), ":",
-                                 color=line[0].get_color())
+            axes[0].semilogy(ws, [means[(w,)] for w in ws], style, ms=3, color=colors[v],
+                             label=f"{v}" if b == e.blocks else None)
     axes[0].axhline(e.floor, color="k", lw=0.5, alpha=0.5)
     axes[0].set_xlabel("source width n (per head)")
     axes[0].set_ylabel("relative error (held out)")
-    axes[0].set_title(f"d={e.d_model}, H={e.heads}: block 1 (dashed) and block {e.blocks}")
+    axes[0].set_title(f"d={e.d_model}, H={e.heads}: after block 1 (dashed) and block {e.blocks} (solid)")
     axes[0].legend(fontsize=6)
     # error against depth at the widest width, and the bound beside the measure
     wmax = max(r["width"] for r in rows)
@@ -196,7 +213,7 @@ def summarise_blocks(e: BlocksExp, rows: list[dict[str, Any]], bound_rows: list[
         means = mean_by(sub, ("block",), "rel_error")
         bs = sorted(k[0] for k in means)
         if bs:
-            axes[1].semilogy(bs, [means[(b,)] for b in bs], "o-", ms=3, label=v)
+            axes[1].semilogy(bs, [means[(b,)] for b in bs], "o-", ms=3, label=v, color=colors[v])
         summary[f"{v} depth (width {wmax})"] = {f"block {b}": means[(b,)] for b in bs}
         bsub = [r for r in bound_rows if r["variant"] == v and r["width"] == wmax
                 and math.isfinite(r["error_median"]) and r["error_median"] > 0]
@@ -206,13 +223,15 @@ def summarise_blocks(e: BlocksExp, rows: list[dict[str, Any]], bound_rows: list[
         am = mean_by(bsub, ("block",), "amplification_median", geometric=False)
         lm = mean_by(bsub, ("block",), "ln_factor_median", geometric=False)
         hold = min(r["bound_holds"] for r in bsub)
-        line = axes[2].semilogy(sorted(k[0] for k in em), [em[k] for k in sorted(em)], "o-", ms=3, label=f"{v}")
-        axes[2].semilogy(sorted(k[0] for k in bm), [bm[k] for k in sorted(bm)], "^:", ms=3,
-                         color=line[0].get_color())
+        axes[2].semilogy(sorted(k[0] for k in em), [em[k] for k in sorted(em)], "o-", ms=3, label=f"{v}",
+                         color=colors[v])
+        axes[2].semilogy(sorted(k[0] for k in bm), [bm[k] for k in sorted(bm)], "^:", ms=3, color=colors[v])
         summary[f"{v} bound (width {wmax})"] = {
             "bound_holds_min": hold,
             **{f"block {b} error/bound/amp/ln": f"{em[(b,)]:.3g} / {bm[(b,)]:.3g} / {am[(b,)]:.3g} / {lm[(b,)]:.3g}"
                for (b,) in sorted(em)}}
+    for ax in axes[1:]:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     axes[1].set_xlabel("block")
     axes[1].set_ylabel("relative error after the block")
     axes[1].set_title(f"error across depth, width {wmax}")
@@ -221,14 +240,15 @@ def summarise_blocks(e: BlocksExp, rows: list[dict[str, Any]], bound_rows: list[
     axes[2].set_ylabel("max-token error (median over sequences)")
     axes[2].set_title(f"measured (o) and the stated bound (^), width {wmax}")
     axes[2].legend(fontsize=6)
-    save_png(fig, out / "blocks.png")
+    pngs = {"blocks.png": png_bytes(fig)}
     if search_rows:
-        summary.update(_search_summary(e, rows, search_rows, out))
-    return summary
+        more, pngs["blocks_search.png"] = _search_summary(e, rows, search_rows)
+        summary.update(more)
+    return summary, pngs
 
 
-def _search_summary(e: BlocksExp, rows: list[dict[str, Any]], search_rows: list[dict[str, Any]],
-                    out: Path) -> dict[str, Any]:
+def _search_summary(e: BlocksExp, rows: list[dict[str, Any]], search_rows: list[dict[str, Any]]
+                    ) -> tuple[dict[str, Any], bytes]:
     summary: dict[str, Any] = {}
     fig, axes = figure(1, width=7.5)
     ax = axes[0]
@@ -250,6 +270,5 @@ def _search_summary(e: BlocksExp, rows: list[dict[str, Any]], search_rows: list[
     ax.set_ylabel("relative error (held out)")
     ax.set_title(f"{e.search_blocks}-block stack: searched vs constructed")
     ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    save_png(fig, out / "blocks_search.png")
-    return summary
+    return summary, png_bytes(fig)
 

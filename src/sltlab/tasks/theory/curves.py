@@ -68,53 +68,46 @@ def fit_past(rows: list[dict[str, Any]], start: float, floor: float) -> dict[str
     return fit
 
 
-def _t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and two-sided t interval of independent values (n < 2: no interval)."""
-    from scipy import stats
 
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan, math.nan
-    if len(v) < 2:
-        return float(v.mean()), math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    return float(v.mean()), float(v.mean()) - half, float(v.mean()) + half
+def exp_fit_past(rows: list[dict[str, Any]], start: float, floor: float) -> dict[str, Any]:
+    """The exponential law of error against width past `start` (errors above `floor`), with the weight seed as
+    the unit (sltlab.analysis.fits.fit_laws_by_seed): the slope's t interval over seeds, the e-fold width with
+    that interval carried over, R² on the seed means, the lack-of-fit p of both laws and which law passes."""
+    from sltlab.analysis.fits import fit_laws_by_seed
 
-
-def seed_slopes(rows: list[dict[str, Any]], start: float, floor: float) -> dict[str, Any]:
-    """The exponential law past `start`, with the weight seed as the unit: per seed, the least-squares slope of
-    log(error) on width (errors above `floor`, at least 3 widths), then the mean slope and its 95% t interval
-    over seeds, and the width over which the error falls by e (-1 / slope) with the interval carried over."""
-    by_seed: dict[Any, list[tuple[float, float]]] = defaultdict(list)
-    for r in rows:
-        if math.isfinite(start) and r["width"] >= start and r["rel_error"] > floor:
-            by_seed[r["seed"]].append((float(r["width"]), math.log(float(r["rel_error"]))))
-    slopes = {}
-    for seed, pts in sorted(by_seed.items()):
-        if len({w for w, _ in pts}) >= 3:
-            w, y = np.array(pts).T
-            slopes[seed] = float(np.polyfit(w, y, 1)[0])
-    mean, lo, hi = _t_interval(list(slopes.values()))
+    pts = [(r["seed"], float(r["width"]), float(r["rel_error"])) for r in rows
+           if math.isfinite(start) and r["width"] >= start and r["rel_error"] > floor]
+    fit = fit_laws_by_seed(pts)
+    e, p = fit.get("exp"), fit.get("power")
+    if not e:
+        return {"n_seeds": fit["n_seeds"], "n_widths": len(fit["widths"]), "better": fit["better"]}
     return {
-        "n_seeds": len(slopes),
-        "slope": mean, "slope_ci_low": lo, "slope_ci_high": hi,
-        "e_fold_width": -1 / mean if mean < 0 else math.nan,
-        "e_fold_ci": (-1 / lo if lo < 0 else math.nan, -1 / hi if hi < 0 else math.inf),
-        "per_seed_slope": slopes,
+        "n_seeds": fit["n_seeds"], "n_widths": len(fit["widths"]),
+        "slope": e["slope"], "slope_ci_low": e["slope_lo"], "slope_ci_high": e["slope_hi"],
+        "e_fold_width": -1 / e["slope"] if e["slope"] < 0 else math.nan,
+        "e_fold_ci_low": -1 / e["slope_lo"] if e["slope_lo"] < 0 else math.nan,
+        "e_fold_ci_high": -1 / e["slope_hi"] if e["slope_hi"] < 0 else math.inf,
+        "exp_r2": e["r2"], "power_r2": p["r2"] if p else math.nan,
+        "exp_lack_of_fit_p": e["lack_of_fit"]["p"], "power_lack_of_fit_p": p["lack_of_fit"]["p"] if p else math.nan,
+        "better": fit["better"],
     }
 
 
 def paired_ratio(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any]:
-    """a's error over b's, paired by weight seed (rows of one width): the geometric-mean ratio and its 95% t
-    interval on the log scale, over the seeds both have."""
-    ea = defaultdict(list)
-    eb = defaultdict(list)
-    for r in a:
-        ea[r["seed"]].append(math.log(max(float(r["rel_error"]), 1e-30)))
-    for r in b:
-        eb[r["seed"]].append(math.log(max(float(r["rel_error"]), 1e-30)))
-    diffs = [float(np.mean(ea[s]) - np.mean(eb[s])) for s in sorted(set(ea) & set(eb))]
-    mean, lo, hi = _t_interval(diffs)
-    return {"n_seeds": len(diffs), "ratio": math.exp(mean) if diffs else math.nan,
-            "ci_low": math.exp(lo) if math.isfinite(lo) else math.nan,
-            "ci_high": math.exp(hi) if math.isfinite(hi) else math.nan}
+    """a's error over b's, paired by weight seed (rows of one setting): the geometric-mean ratio with its 95%
+    paired t interval on the log scale, and the exact Wilcoxon p, over the seeds both have."""
+    from sltlab.analysis import stats
+
+    def logs(rows: list[dict[str, Any]]) -> dict[Any, float]:
+        by: dict[Any, list[float]] = defaultdict(list)
+        for r in rows:
+            if math.isfinite(float(r["rel_error"])):
+                by[r["seed"]].append(math.log(max(float(r["rel_error"]), 1e-30)))
+        return {s: float(np.mean(v)) for s, v in by.items()}
+
+    la, lb = logs(a), logs(b)
+    shared = sorted(set(la) & set(lb))
+    r = stats.paired({s: la[s] for s in shared}, {s: lb[s] for s in shared})
+    return {"n_seeds": r.n, "ratio": math.exp(r.effect) if r.n else math.nan,
+            "ci_low": math.exp(r.lo) if math.isfinite(r.lo) else math.nan,
+            "ci_high": math.exp(r.hi) if math.isfinite(r.hi) else math.nan, "p": r.p, "p_wilcoxon": r.p_wilcoxon}

@@ -22,14 +22,19 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def save_png(fig: Any, path: Path) -> None:
+def png_bytes(fig: Any) -> bytes:
+    """The figure as PNG bytes (closed afterwards): for files and for the report's embedded figures alike."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_png(fig: Any, path: Path) -> None:
+    atomic_write_bytes(path, png_bytes(fig))
 
 
 def figure(ncols: int = 1, width: float = 5.2) -> tuple[Any, Any]:
