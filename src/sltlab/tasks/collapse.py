@@ -28,13 +28,16 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from sltlab.analysis.claims import ClaimSpec, ClaimsPlan
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec, seeded_normal
 from sltlab.nn.norm import NormSpec
@@ -47,6 +50,24 @@ from sltlab.tickets.spec import ModelSpec, build_model
 from sltlab.tickets.supermask import SupermaskConfig
 
 KIND = "collapse"
+# The study's questions (sltlab.analysis.claims names), in the order the report lists them.
+CLAIMS: dict[str, str] = {
+    "collapse-like-source": "Do tickets collapse like their random source?",
+    "ln-keeps-tickets-off-rank-one": "Does LayerNorm keep tickets off rank one where the random source without it "
+                                     "collapses?",
+    "collapse-predicts-error": "Does a layer's collapse predict the ticket's error there?",
+}
+
+
+def default_plan() -> ClaimsPlan:
+    """The three questions on mu_rel: a ticket against its random source (two-sided, equivalent within half a
+    decade at the last layer), a ticket under a norm against the random source without one (greater), and the
+    rank correlation across layers of a ticket's collapse with its error (two-sided, against 0)."""
+    return ClaimsPlan(claim=(
+        ClaimSpec("collapse-like-source", "mu_rel", "two-sided", 0.5, CLAIMS["collapse-like-source"]),
+        ClaimSpec("ln-keeps-tickets-off-rank-one", "mu_rel", "greater", 0.0, CLAIMS["ln-keeps-tickets-off-rank-one"]),
+        ClaimSpec("collapse-predicts-error", "mu_rel", "two-sided", 0.0, CLAIMS["collapse-predicts-error"]),
+    ), reference="random")
 ARCHS = ("attention", "block")
 MASKS = ("full", "causal", "window")
 SOURCES = ("random", "constructed", "searched", "trained")
@@ -60,8 +81,7 @@ class CollapseStudy:
     base temperature, every other temperature with the base mask. The base shape runs every source of `sources`;
     the other shapes run `shape_sources` (by default the random network and the constructed ticket, which need
     no search: the search and the training are what costs, and they are measured at the base).
-    margin: the equivalence margin for "tickets collapse like their random source", in log10 units of the
-    claim metric (`claim_metric`) at the last layer, declared here before the run (TOST; sltlab.report)."""
+    claims: the plan of the study's claims (CLAIMS names them; `collapse_claims` tests them)."""
 
     name: str = "collapse"
     archs: tuple[str, ...] = ("attention",)
@@ -88,8 +108,9 @@ class CollapseStudy:
     search: SearchConfig = field(default_factory=lambda: SearchConfig(steps=100, lr=0.05))
     train: SearchConfig = field(default_factory=lambda: SearchConfig(steps=100, lr=1e-3))
     construct: ConstructConfig = field(default_factory=ConstructConfig)
-    claim_metric: str = "mu_rel"
-    margin: float = 0.5
+    # The study's three questions as a claims plan, declared before the run and recorded in the store when the
+    # sweep starts (sltlab.tasks.plans): each claim's collapse metric, direction and equivalence margin (log10).
+    claims: ClaimsPlan = field(default_factory=lambda: default_plan())
     store: str = "runs/sltlab.db"
     out_dir: str = "runs/collapse"
     threads: int = 1
@@ -139,9 +160,12 @@ class CollapseStudy:
                 raise ConfigError(f"study.{name}", f"unknown scheme {getattr(self, name)!r}", " | ".join(INIT_SCHEMES))
         check_range("study.source_gain", self.source_gain, 0.0, 1e3, lo_open=True)
         check_range("study.keep", self.keep, 0.0, 1.0, lo_open=True)
-        check_range("study.margin", self.margin, 0.0, lo_open=True)
-        if self.claim_metric not in METRICS:
-            raise ConfigError("study.claim_metric", f"unknown metric {self.claim_metric!r}", " | ".join(METRICS))
+        for i, c in enumerate(self.claims.claim):
+            if c.name not in CLAIMS:
+                raise ConfigError(f"claims.claim[{i}].name", f"unknown claim {c.name!r}", " | ".join(CLAIMS))
+            if c.measure not in METRICS:
+                raise ConfigError(f"claims.claim[{i}].measure", f"unknown collapse metric {c.measure!r}",
+                                  " | ".join(METRICS))
         if self.mlp and "block" not in self.archs:
             raise ConfigError("study.mlp", "an MLP lives in residual blocks", "archs including 'block', or mlp = false")
 
@@ -332,6 +356,215 @@ def run_study(study: CollapseStudy, store_path: str | None = None, progress: boo
 
     opts = options or ExecOptions(executor="serial", threads=study.threads, progress=progress)
     with Store(store_path or study.store) as store:
-        report = run_cells(study_cells(study), store, opts, log=log)
+        report = run_sweep(study, store, opts, log)
     return report.run_ids
 
+
+def run_sweep(study: CollapseStudy, store: Any, options: ExecOptions, log: Callable[[str], None] = print) -> Any:
+    """Record the study's claims plan (once, before any cell runs), then run every cell not yet finished."""
+    from sltlab.tasks.plans import record_plan
+
+    cells = study_cells(study)
+    record_plan(store, study.name, KIND, study.claims, design={
+        "archs": list(study.archs), "norms": list(study.norms), "shapes": [list(x) for x in study.shapes()],
+        "sources": list(study.sources), "seeds": list(study.seeds), "depth": study.depth,
+        "run_ids": [c.run_id for c in cells]})
+    return run_cells(cells, store, options, log=log)
+
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+# Below this relative size the token residual is float64 rounding: a layer there has collapsed completely.
+FLOOR = 1e-15
+BASE = ("full", 1.0)
+
+
+def record_rows(records: list[Any]) -> list[dict[str, Any]]:
+    """One row per finished cell: its settings and per-layer lists (metrics of the source and of the target,
+    and the source's error against the target)."""
+    rows = []
+    for r in records:
+        c, m = r.config, r.metrics
+        if not isinstance(m.get("mu_rel"), list):
+            continue
+        rows.append({"arch": c["arch"], "norm": c["norm"], "mask": c["mask"], "temperature": float(c["temperature"]),
+                     "seed": int(c["seed"]), "source": c["source"], "depth": int(c["depth"]), "metrics": m,
+                     "window": c.get("window")})
+    return rows
+
+
+def _log10(v: float) -> float:
+    return math.log10(max(float(v), FLOOR)) if math.isfinite(float(v)) else math.nan
+
+
+def at_depth(row: dict[str, Any], metric: str, layer: int = -1, target: bool = False) -> float:
+    """log10 of a metric at a layer (the last by default), floored at FLOOR (NaN for an overflowed network)."""
+    vals = row["metrics"][("target_" if target else "") + metric]
+    return _log10(vals[layer])
+
+
+def collapse_claims(rows: list[dict[str, Any]], plan: ClaimsPlan | None = None) -> list[Any]:
+    """The plan's claims (sltlab.analysis.claims), paired by weight seed, at the base attention shape (the first
+    mask and temperature), per architecture; a claim's measure is log10 of its metric at the last layer (floored at
+    1e-15, where float64 cannot tell the tokens apart any more), direction and margin as the plan declares:
+
+    1. collapse-like-source (default two-sided, TOST within 0.5 decades): does each ticket (constructed,
+       searched) end as collapsed as its random source, per norm?
+    2. ln-keeps-tickets-off-rank-one (default greater): is a ticket under LayerNorm / RMSNorm less collapsed at
+       the last layer than the random source without a norm?
+    3. collapse-predicts-error (default two-sided): per weight seed, Spearman's rho across layers between the
+       ticket's log10 metric and its log10 relative error against the target (averaged over the norms of that
+       seed), against 0.
+    """
+    plan = plan or default_plan()
+    return [c for spec in plan.claim for c in _claims_of(rows, spec)]
+
+
+def _claims_of(rows: list[dict[str, Any]], spec: ClaimSpec) -> list[Any]:
+    from scipy import stats as sps
+
+    from sltlab.analysis.claims import make_claim, shared_units
+
+    shapes = sorted({(r["mask"], r["temperature"]) for r in rows}, key=lambda x: x != BASE)
+    base = [r for r in rows if shapes and (r["mask"], r["temperature"]) == shapes[0]]
+    metric, question = spec.measure, spec.question or CLAIMS[spec.name]
+    measure = f"log10 {metric} at the last layer"
+    claims = []
+
+    def arm(arch: str, norm: str, source: str) -> dict[int, float]:
+        return {r["seed"]: at_depth(r, metric) for r in base
+                if r["arch"] == arch and r["norm"] == norm and r["source"] == source}
+
+    def dropped_note(n: int) -> str:
+        return f"{n} seed(s) left out (an overflowed network or a diverged search/training)" if n else ""
+
+    for arch in sorted({r["arch"] for r in base}):
+        norms = sorted({r["norm"] for r in base if r["arch"] == arch}, key=lambda n: (n != "none", n))
+        for src in (x for x in ("constructed", "searched") if any(r["source"] == x for r in base)):
+            if spec.name == "collapse-like-source":
+                for norm in norms:
+                    a, b, dropped = shared_units(arm(arch, norm, src), arm(arch, norm, "random"))
+                    if a:
+                        claims.append(make_claim(spec.name, f"{arch}, {norm}", src, "random", measure, a, b,
+                                                 spec.direction, spec.margin, question, dropped_note(dropped)))
+            elif spec.name == "ln-keeps-tickets-off-rank-one" and "none" in norms:
+                for norm in (n for n in norms if n != "none"):
+                    a, b, dropped = shared_units(arm(arch, norm, src), arm(arch, "none", "random"))
+                    if a:
+                        claims.append(make_claim(spec.name, arch, f"{src} ({norm})", "random (none)", measure, a,
+                                                 b, spec.direction, spec.margin, question, dropped_note(dropped)))
+            elif spec.name == "collapse-predicts-error":
+                rho: dict[int, list[float]] = defaultdict(list)
+                for r in base:
+                    if r["arch"] != arch or r["source"] != src:
+                        continue
+                    xy = [(_log10(u), _log10(v)) for u, v in zip(r["metrics"][metric], r["metrics"]["layer_rel_error"],
+                                                                strict=True)]
+                    ok = [p for p in xy if math.isfinite(p[0]) and math.isfinite(p[1])]
+                    if len(ok) >= 3 and len({p[0] for p in ok}) > 1 and len({p[1] for p in ok}) > 1:
+                        rho[r["seed"]].append(float(sps.spearmanr(*zip(*ok, strict=True)).statistic))
+                a = {u: float(np.mean(v)) for u, v in rho.items()}
+                if a:
+                    claims.append(make_claim(spec.name, arch, f"{src}: rho({metric}, error) over layers", "0",
+                                             "Spearman rho, mean over norms", a, {u: 0.0 for u in a},
+                                             spec.direction, spec.margin, question))
+    return claims
+
+
+STYLES = {"random": "-", "constructed": "--", "searched": ":", "trained": "-."}
+
+
+def mu_figure(rows: list[dict[str, Any]]) -> bytes:
+    """mu (top) and mu_rel (bottom) against depth on log-log axes at the base attention shape: one column per
+    architecture, one line per source (line style) and norm (colour), the geometric mean over weight seeds; the
+    target as thin crosses. mu_rel is floored at 1e-15, where float64 cannot tell the tokens apart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sltlab.tasks.theory.output import png_bytes
+
+    base = [r for r in rows if (r["mask"], r["temperature"]) == BASE] or rows
+    archs = sorted({r["arch"] for r in base})
+    norms = sorted({r["norm"] for r in base}, key=lambda n: (n != "none", n))
+    fig, axes = plt.subplots(2, max(1, len(archs)), figsize=(6.2 * max(1, len(archs)), 8.0), squeeze=False)
+    for col, arch in enumerate(archs):
+        for row, metric in enumerate(("mu", "mu_rel")):
+            ax = axes[row][col]
+            for i, norm in enumerate(norms):
+                sub = [r for r in base if r["arch"] == arch and r["norm"] == norm]
+                for src in (s for s in SOURCES if any(r["source"] == s for r in sub)):
+                    curve = _geo_curve([r["metrics"][metric] for r in sub if r["source"] == src])
+                    if metric == "mu_rel":
+                        curve = [max(c, FLOOR) for c in curve]
+                    ax.loglog(range(1, len(curve) + 1), curve, linestyle=STYLES[src], color=f"C{i}", lw=1.3,
+                              label=f"{norm}, {src}")
+                pick = [r for r in sub if r["source"] == sub[0]["source"]] if sub else []
+                if pick:
+                    curve = _geo_curve([r["metrics"][f"target_{metric}"] for r in pick])
+                    if metric == "mu_rel":
+                        curve = [max(c, FLOOR) for c in curve]
+                    ax.loglog(range(1, len(curve) + 1), curve, "x", ms=3, color=f"C{i}", alpha=0.6,
+                              label=f"{norm}, target")
+            ax.set_xlabel("layer (depth)")
+            ax.set_ylabel(f"{metric} (geometric mean over weight seeds)")
+            ax.set_title(f"{arch}: {metric} across depth")
+            ax.legend(fontsize=5, ncol=2)
+    return png_bytes(fig)
+
+
+def shapes_figure(rows: list[dict[str, Any]], metric: str = "mu_rel") -> bytes | None:
+    """`metric` across depth for every attention shape (mask, temperature) of the random source and the
+    constructed ticket: one panel per architecture x norm."""
+    from sltlab.tasks.theory.output import figure, png_bytes
+
+    shapes = sorted({(r["mask"], r["temperature"]) for r in rows})
+    if len(shapes) < 2:
+        return None
+    panels = sorted({(r["arch"], r["norm"]) for r in rows}, key=lambda p: (p[0], p[1] != "none", p[1]))
+    fig, axes = figure(len(panels), width=4.2)
+    for ax, (arch, norm) in zip(axes, panels, strict=False):
+        for i, shape in enumerate(shapes):
+            for src in ("random", "constructed"):
+                pick = [r for r in rows if (r["arch"], r["norm"], r["source"]) == (arch, norm, src)
+                        and (r["mask"], r["temperature"]) == shape]
+                if pick:
+                    curve = _geo_curve([r["metrics"][metric] for r in pick])
+                    ax.loglog(range(1, len(curve) + 1), [max(c, FLOOR) for c in curve], linestyle=STYLES[src],
+                              color=f"C{i}", label=f"{shape[0]} t={shape[1]:g} {src}")
+        ax.set_title(f"{arch}, {norm}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=5)
+    return png_bytes(fig)
+
+
+def _geo_curve(curves: list[list[float]]) -> list[float]:
+    arr = np.asarray(curves, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.exp(np.nanmean(np.log(np.maximum(arr, 1e-300)), axis=0)).tolist()
+
+
+def summary_table(rows: list[dict[str, Any]], metric: str = "mu_rel") -> list[list[Any]]:
+    """Per (arch, mask, temperature, norm, source): the metric at layers 1, L/4, L/2 and L (geometric mean over
+    weight seeds), the effective rank at L, and the number of seeds."""
+    out = []
+    keys = sorted({(r["arch"], r["mask"], r["temperature"], r["norm"], r["source"]) for r in rows},
+                  key=lambda k: (k[0], k[1] != "full", k[1], k[2], k[3] != "none", k[3], SOURCES.index(k[4])))
+    for key in keys:
+        pick = [r for r in rows if (r["arch"], r["mask"], r["temperature"], r["norm"], r["source"]) == key]
+        curve = _geo_curve([r["metrics"][metric] for r in pick])
+        tgt = _geo_curve([r["metrics"][f"target_{metric}"] for r in pick])
+        L = len(curve)
+        er = float(np.nanmean([r["metrics"]["erank"][-1] for r in pick]))
+        layers = [0, max(L // 4 - 1, 0), max(L // 2 - 1, 0), L - 1]
+        out.append([*key, len(pick), *[curve[i] for i in layers], tgt[-1], er])
+    return out
+
+
+def table_headers(rows: list[dict[str, Any]], metric: str = "mu_rel") -> list[str]:
+    L = max((r["depth"] for r in rows), default=4)
+    return ["arch", "mask", "temperature", "norm", "source", "n seeds",
+            *[f"{metric} @ {i}" for i in (1, max(L // 4, 1), max(L // 2, 1), L)], f"target {metric} @ {L}",
+            f"erank @ {L}"]
