@@ -192,9 +192,9 @@ def test_norm_affine_is_copied_into_ln_integrated_tickets_and_folded_for_pre_rms
 
 
 def test_approx_study_constructs_block_tickets_and_names_its_requirements() -> None:
-    kw = dict(module="stack", n_blocks=2, mlp=True, d_model=4, heads=(1,), widths=(80,), variants=("pre-ln",),
-              methods=("construct",), seeds=(0,), source_init="theory", source_gain=2.0, n_train=8, n_test=64,
-              seq_len=4, construct=EXACT)
+    kw = dict(module="stack", target="own", n_blocks=2, mlp=True, d_model=4, heads=(1,), widths=(80,),
+              variants=("pre-ln",), methods=("construct",), seeds=(0,), source_init="theory", source_gain=2.0,
+              n_train=8, n_test=64, seq_len=4, construct=EXACT)
     with pytest.raises(ConfigError, match="study.activation"):
         ApproxStudy(**kw)
     with pytest.raises(ConfigError, match="study.source_mlp"):

@@ -28,6 +28,7 @@ from sltlab.report.sections_consistency import section_consistency
 from sltlab.report.sections_imp import section_imp
 from sltlab.report.sections_overview import section_overview
 from sltlab.report.sections_tasks import section_tasks
+from sltlab.report.sections_theory import is_blocks_run, section_blocks, section_collapse
 from sltlab.runs.io import publish, staging_dir
 from sltlab.runs.store import RunRecord, Store, atomic_write_text
 
@@ -61,13 +62,16 @@ def _sections(ctx: ReportContext, runs: dict[str, list[RunRecord]], stores: list
     plans = collect_plan_claims(ctx, runs, stores)  # selects itself, and lists every choice
     say(f"report: claims from plans ({time.perf_counter() - t0:.1f} s)")
     details = [section_overview(ctx, runs), plans]
+    theory = [r for r in shown.get("theory", []) if not is_blocks_run(r)]  # blocks runs: their own section
     for name, fn in (
-        ("error vs width", lambda: section_error_vs_width(ctx, approx + shown.get("theory", []))),
+        ("error vs width", lambda: section_error_vs_width(ctx, approx + theory)),
         ("depth", lambda: section_depth(ctx, approx)),
         ("consistency", lambda: section_consistency(ctx, approx)),
         ("attention", lambda: section_attention(ctx, approx, shown.get("glue", []))),
         ("tasks", lambda: section_tasks(ctx, shown)),
         ("imp rounds", lambda: section_imp(ctx, shown.get("glue", []))),
+        ("theory blocks", lambda: section_blocks(ctx, shown.get("theory", []))),
+        ("rank collapse", lambda: section_collapse(ctx, shown.get("collapse", []), stores)),
     ):
         t0 = time.perf_counter()
         details.append(fn())

@@ -218,8 +218,9 @@ def propagation(source: nn.Module, target: nn.Module, x: torch.Tensor, causal: b
     """Per block, over the sequences of x (B, T, d), in the token-max norm: the measured error, the stated bound,
     the block's own error on the ticket's input, the realised amplification and the norms' largest gain.
 
-    Returns lists (one entry per block) of (B,) float64 tensors: "error", "bound", "delta", "amplification",
-    "ln_factor"; and "target_scale" (B,): the target output's largest token norm (for relative numbers).
+    Returns lists (one entry per block) of (B,) float64 tensors: "error", "bound", "delta", "amplification" (NaN
+    where no error came in: the first block), "ln_factor"; and "target_scale" (B,): the target output's largest
+    token norm (for relative numbers).
     """
     # In float64, so that what is measured is the construction's error and not float32 rounding (~1e-7).
     source, target = copy.deepcopy(source).double().eval(), copy.deepcopy(target).double().eval()
@@ -237,7 +238,8 @@ def propagation(source: nn.Module, target: nn.Module, x: torch.Tensor, causal: b
         err_in = _token_max(xs - xt)
         out["error"].append(_token_max(ys - yt))
         out["delta"].append(_token_max(ys - ft_s))
-        out["amplification"].append(_token_max(ft_s - yt) / err_in.clamp(min=1e-300) * (err_in > 0))
+        amp = _token_max(ft_s - yt) / err_in.clamp(min=1e-300)
+        out["amplification"].append(torch.where(err_in > 0, amp, torch.full_like(amp, math.nan)))
         e_bound = b["bound"]
         out["bound"].append(e_bound)
         out["ln_factor"].append(b["ln_factor"])

@@ -36,9 +36,9 @@ def block_study(e: BlocksExp, variant: str, affine: str, width: int, seed: int, 
 
     return ApproxStudy(
         name="theory-blocks", module="stack", n_blocks=blocks, mlp=True, activation="relu", source_mlp="paired",
-        target_affine=affine, d_model=e.d_model, heads=(e.heads,), widths=(width,), variants=(variant,),
-        methods=(method,), seeds=(seed,), source_init=init, source_gain=e.source_gain, seq_len=e.seq_len,
-        n_train=e.n_train, n_test=e.n_test, keep=search.get("keep", 0.5),
+        target="own", target_affine=affine, d_model=e.d_model, heads=(e.heads,), widths=(width,),
+        variants=(variant,), methods=(method,), seeds=(seed,), source_init=init, source_gain=e.source_gain,
+        seq_len=e.seq_len, n_train=e.n_train, n_test=e.n_test, keep=search.get("keep", 0.5),
         search=SearchConfig(steps=search.get("steps", e.search_steps), lr=search.get("lr", e.search_lr)),
     )
 
@@ -253,8 +253,8 @@ def _search_summary(e: BlocksExp, rows: list[dict[str, Any]], search_rows: list[
     fig, axes = figure(1, width=7.5)
     ax = axes[0]
     for v in dict.fromkeys(r["variant"] for r in search_rows):
-        built = [r for r in rows if r["variant"] == v and r["block"] == e.search_blocks
-                 and r["width"] in e.search_widths]
+        searched = {r["width"] for r in search_rows if r["variant"] == v}
+        built = [r for r in rows if r["variant"] == v and r["block"] == e.search_blocks and r["width"] in searched]
         means = mean_by(built, ("width",), "rel_error")
         ws = sorted(k[0] for k in means)
         ax.semilogy(ws, [means[(w,)] for w in ws], "k^-", label=f"construct ({v})")
