@@ -377,6 +377,7 @@ def run_sweep(study: CollapseStudy, store: Any, options: ExecOptions, log: Calla
 # Below this relative size the token residual is float64 rounding: a layer there has collapsed completely.
 FLOOR = 1e-15
 BASE = ("full", 1.0)
+RELATIVE = ("mu_rel", "res_l1linf")  # scale-free metrics, floored at FLOOR when shown
 
 
 def record_rows(records: list[Any]) -> list[dict[str, Any]]:
@@ -548,14 +549,15 @@ def _geo_curve(curves: list[list[float]]) -> list[float]:
 
 def summary_table(rows: list[dict[str, Any]], metric: str = "mu_rel") -> list[list[Any]]:
     """Per (arch, mask, temperature, norm, source): the metric at layers 1, L/4, L/2 and L (geometric mean over
-    weight seeds), the effective rank at L, and the number of seeds."""
+    weight seeds; a relative metric floored at FLOOR), the target's at L, the effective rank at L, the seeds."""
     out = []
     keys = sorted({(r["arch"], r["mask"], r["temperature"], r["norm"], r["source"]) for r in rows},
                   key=lambda k: (k[0], k[1] != "full", k[1], k[2], k[3] != "none", k[3], SOURCES.index(k[4])))
     for key in keys:
         pick = [r for r in rows if (r["arch"], r["mask"], r["temperature"], r["norm"], r["source"]) == key]
-        curve = _geo_curve([r["metrics"][metric] for r in pick])
-        tgt = _geo_curve([r["metrics"][f"target_{metric}"] for r in pick])
+        floor = FLOOR if metric in RELATIVE else 0.0
+        curve = [max(c, floor) for c in _geo_curve([r["metrics"][metric] for r in pick])]
+        tgt = [max(c, floor) for c in _geo_curve([r["metrics"][f"target_{metric}"] for r in pick])]
         L = len(curve)
         er = float(np.nanmean([r["metrics"]["erank"][-1] for r in pick]))
         layers = [0, max(L // 4 - 1, 0), max(L // 2 - 1, 0), L - 1]

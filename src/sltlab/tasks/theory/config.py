@@ -130,6 +130,9 @@ class BlocksExp:
 
 
 SEARCH_SETTINGS = ("default", "density", "warm", "long")
+# Lists that may be empty: no variants against a random target affine, no searched tickets.
+OPTIONAL_LISTS = ("affine_variants", "search_widths", "search_variants", "search_inits", "search_settings",
+                  "search_seeds")
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ def _check_section(prefix: str, exp: Any) -> None:
         value, where = getattr(exp, f.name), f"{prefix}.{f.name}"
         items = value if isinstance(value, tuple) else (value,)
         if isinstance(value, tuple) and not value:
+            if f.name in OPTIONAL_LISTS:
+                continue
             raise ConfigError(where, "is empty", "a non-empty list")
         for i, v in enumerate(items):
             at = f"{where}[{i}]" if isinstance(value, tuple) else where
