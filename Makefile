@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick lm-golf-cpu peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick lm-golf-cpu peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot theory-blocks collapse-quick collapse-study
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,6 +106,18 @@ hypothesis-pilot: install
 	$(BIN)/sltlab approx configs/hypothesis.toml --seeds 100,101,102,103 --set name='"hypothesis-pilot"' \
 		--store runs/pilot.db --out runs/pilot
 	$(BIN)/sltlab report --store runs/pilot.db --out runs/pilot_report
+
+# Issue 21, the theory with LayerNorm (docs/results/theory.md sections 6-7): whole-block constructed tickets with
+# every norm (~1 h on the shared 2-core machine, one worker) and rank collapse across depth (quick ~3 min, the
+# documented study ~40 min).
+theory-blocks: install
+	$(BIN)/sltlab theory blocks configs/theory_blocks.toml --store runs/theory_blocks.db --out-dir runs/theory_blocks --workers 1
+
+collapse-quick: install
+	$(BIN)/sltlab collapse configs/collapse_quick.toml
+
+collapse-study: install
+	$(BIN)/sltlab collapse configs/collapse_study.toml --store runs/collapse_study.db --workers 1
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -7,7 +7,11 @@ skips finished cells; CSV and PNG files go to --out-dir (default runs/theory).
 - threshold: the width the construction needs, against d and against the source's init scale;
 - angular:   the angular-velocity task: trained single-head target, untrained B-block stacks (per block);
 - seqlen:    the same against the sequence length T (the theory says the error does not grow with T);
-- warmstart: gradient search started from the constructed ticket, against search from scratch.
+- warmstart: gradient search started from the constructed ticket, against search from scratch;
+- blocks:    whole blocks (attention + ReLU MLP + residuals) with none / pre-LN / post-LN / RMSNorm: constructed
+             tickets in the theory's paired source, the error after every block against width and depth, the
+             error bound of sltlab.tickets.bound beside the measured error, and edge-popup tickets at the same
+             widths (default, density-matched, warm-started from the construction, longer schedule).
 """
 
 from __future__ import annotations
@@ -181,8 +185,10 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  sltlab theory threshold --seeds 0,1\n"
             "  sltlab theory angular --out-dir runs/theory --set angular.train_steps=200\n"
             "  sltlab theory all --store runs/sltlab.db --quiet --executor ray\n"
-            "--set takes SECTION.FIELD (width, threshold, angular, seqlen, warmstart, construct); --seeds sets\n"
-            "the seeds of every experiment.\n"
+            "  sltlab theory blocks configs/theory_blocks.toml --workers 1     # whole blocks, every norm\n"
+            "  sltlab theory blocks configs/theory_quick.toml --set blocks.widths=[64,128] --dry-run\n"
+            "--set takes SECTION.FIELD (width, threshold, angular, seqlen, warmstart, blocks, construct);\n"
+            "--seeds sets the seeds of every experiment.\n"
         ),
     )
     p.add_argument("experiment", choices=(*EXPERIMENTS, "all"), help="which experiment to run")
