@@ -8,6 +8,7 @@ import pytest
 
 from sltlab.runs.config import from_dict, load_toml
 from sltlab.tasks.approx import load_study as load_approx
+from sltlab.tasks.collapse import load_study as load_collapse
 from sltlab.tasks.glue_run import GlueSweepConfig
 from sltlab.tasks.lm_run import load_study as load_lm
 from sltlab.tasks.peft import SweepConfig
@@ -28,6 +29,8 @@ def _load(path: Path) -> object:
         return from_dict(SweepConfig, load_toml(path)["sweep"], prefix="sweep")
     if kind == "theory":
         return load_theory(str(path))
+    if kind == "collapse":
+        return load_collapse(str(path)).cells()
     raise AssertionError(f"{path.name}: no loader for configs named {kind}_*.toml; add one here")
 
 
