@@ -48,7 +48,8 @@ def test_bad_values_name_their_field() -> None:
                       (dict(norms=("pre-ln+affine",)), "study.norms[0]"),
                       (dict(heads=3), "study.heads"),
                       (dict(temperatures=(0.0,)), "study.temperatures[0]"),
-                      (dict(mlp=True), "study.mlp")):
+                      (dict(mlp=True), "study.mlp"),
+                      (dict(seeds=(0, 0)), "study.seeds")):
         with pytest.raises(ConfigError) as err:
             CollapseStudy(**kw)  # type: ignore[arg-type]
         assert err.value.field == field
@@ -60,7 +61,7 @@ def test_shapes_vary_one_factor_at_a_time() -> None:
     cells = st.cells()
     assert len(cells) == 4 + 3 * 2  # every source at the base, random + constructed elsewhere
     assert {c.config_dict().get("window") for c in cells if c.mask == "window"} == {2}
-    assert len({Store and c.config_dict()["source"] for c in cells}) == 4
+    assert len({c.config_dict()["source"] for c in cells}) == 4
 
 
 def test_window_and_temperature_are_what_they_say() -> None:

@@ -133,6 +133,11 @@ class CollapseStudy:
                     raise ConfigError(f"study.{name}[{i}]", f"unknown {name[:-1]} {v!r}", " | ".join(allowed))
         if not self.norms:
             raise ConfigError("study.norms", "is empty", "none, pre-ln, post-ln, pre-rms, post-rms")
+        for name in ("archs", "norms", "masks", "temperatures", "sources", "shape_sources", "seeds"):
+            values = list(getattr(self, name))
+            dup = next((v for v in values if values.count(v) > 1), None)
+            if dup is not None:
+                raise ConfigError(f"study.{name}", f"{dup!r} appears twice (the same cells twice)", "distinct values")
         for i, v in enumerate(self.norms):
             ns = NormSpec.parse(v, f"study.norms[{i}]")
             if ns.affine != "frozen":
