@@ -9,7 +9,7 @@ EXTRAS ?= dev,pretrained
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick lm-golf-cpu peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot theory-blocks collapse-quick collapse-study
+.PHONY: install browser run test lint bench report clean approx-depth approx-full glue-quick lm-quick lm-golf-cpu peft-quick peft-medium peft-masks-medium theory-quick answer hypothesis-pilot theory-blocks collapse-quick collapse-study collapse-deep
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -108,16 +108,20 @@ hypothesis-pilot: install
 	$(BIN)/sltlab report --store runs/pilot.db --out runs/pilot_report
 
 # Issue 21, the theory with LayerNorm (docs/results/theory.md sections 6-7): whole-block constructed tickets with
-# every norm (~1 h on the shared 2-core machine, one worker) and rank collapse across depth (quick ~3 min, the
-# documented study ~40 min).
+# every norm (d=4 ~25 min, d=8 ~22 min on the shared 2-core machine, one worker) and rank collapse across depth
+# (quick ~3 min, the documented study ~40 min, to depth 64 ~15 min).
 theory-blocks: install
 	$(BIN)/sltlab theory blocks configs/theory_blocks.toml --store runs/theory_blocks.db --out-dir runs/theory_blocks --workers 1
+	$(BIN)/sltlab theory blocks configs/theory_blocks_d8.toml --store runs/theory_blocks_d8.db --out-dir runs/theory_blocks_d8 --workers 1
 
 collapse-quick: install
 	$(BIN)/sltlab collapse configs/collapse_quick.toml
 
 collapse-study: install
 	$(BIN)/sltlab collapse configs/collapse_study.toml --store runs/collapse_study.db --workers 1
+
+collapse-deep: install
+	$(BIN)/sltlab collapse configs/collapse_deep.toml --store runs/collapse_deep.db --workers 1
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info
