@@ -59,13 +59,20 @@ CLAIMS: dict[str, str] = {
 }
 
 
+# Where a claim reads a metric across depth: "mean" averages log10 over the layers (how collapsed the network is
+# on its way; two networks that reach float64's floor early and late differ), "last" takes the last layer.
+WHERE = ("mean", "last")
+
+
 def default_plan() -> ClaimsPlan:
     """The three questions on mu_rel: a ticket against its random source (two-sided, equivalent within half a
-    decade at the last layer), a ticket under a norm against the random source without one (greater), and the
-    rank correlation across layers of a ticket's collapse with its error (two-sided, against 0)."""
+    decade of log10 mu_rel averaged over the layers), a ticket under a norm against the random source without
+    one (greater), and the rank correlation across layers of a ticket's collapse with its error (two-sided,
+    against 0)."""
     return ClaimsPlan(claim=(
-        ClaimSpec("collapse-like-source", "mu_rel", "two-sided", 0.5, CLAIMS["collapse-like-source"]),
-        ClaimSpec("ln-keeps-tickets-off-rank-one", "mu_rel", "greater", 0.0, CLAIMS["ln-keeps-tickets-off-rank-one"]),
+        ClaimSpec("collapse-like-source", "mu_rel@mean", "two-sided", 0.5, CLAIMS["collapse-like-source"]),
+        ClaimSpec("ln-keeps-tickets-off-rank-one", "mu_rel@mean", "greater", 0.0,
+                  CLAIMS["ln-keeps-tickets-off-rank-one"]),
         ClaimSpec("collapse-predicts-error", "mu_rel", "two-sided", 0.0, CLAIMS["collapse-predicts-error"]),
     ), reference="random")
 ARCHS = ("attention", "block")
@@ -168,9 +175,11 @@ class CollapseStudy:
         for i, c in enumerate(self.claims.claim):
             if c.name not in CLAIMS:
                 raise ConfigError(f"claims.claim[{i}].name", f"unknown claim {c.name!r}", " | ".join(CLAIMS))
-            if c.measure not in METRICS:
-                raise ConfigError(f"claims.claim[{i}].measure", f"unknown collapse metric {c.measure!r}",
-                                  " | ".join(METRICS))
+            metric, _, where = c.measure.partition("@")
+            if metric not in METRICS or where not in ("", *WHERE):
+                raise ConfigError(f"claims.claim[{i}].measure", f"unknown collapse measure {c.measure!r}",
+                                  f"METRIC@WHERE with METRIC one of {', '.join(METRICS)} and WHERE one of "
+                                  f"{', '.join(WHERE)} (no @: the last layer)")
         if self.mlp and "block" not in self.archs:
             raise ConfigError("study.mlp", "an MLP lives in residual blocks", "archs including 'block', or mlp = false")
 
@@ -403,21 +412,29 @@ def _log10(v: float) -> float:
     return math.log10(max(float(v), FLOOR)) if math.isfinite(float(v)) else math.nan
 
 
-def at_depth(row: dict[str, Any], metric: str, layer: int = -1, target: bool = False) -> float:
-    """log10 of a metric at a layer (the last by default), floored at FLOOR (NaN for an overflowed network)."""
-    vals = row["metrics"][("target_" if target else "") + metric]
-    return _log10(vals[layer])
+def at_depth(row: dict[str, Any], measure: str, target: bool = False) -> float:
+    """log10 of a metric across depth, floored at FLOOR (NaN for an overflowed network): "METRIC@mean" averages
+    over the layers, "METRIC@last" (or a bare METRIC) reads the last layer."""
+    metric, _, where = measure.partition("@")
+    vals = [_log10(v) for v in row["metrics"][("target_" if target else "") + metric]]
+    return float(np.mean(vals)) if where == "mean" else vals[-1]
+
+
+def measure_label(measure: str) -> str:
+    metric, _, where = measure.partition("@")
+    return f"log10 {metric}, mean over layers" if where == "mean" else f"log10 {metric} at the last layer"
 
 
 def collapse_claims(rows: list[dict[str, Any]], plan: ClaimsPlan | None = None) -> list[Any]:
     """The plan's claims (sltlab.analysis.claims), paired by weight seed, at the base attention shape (the first
-    mask and temperature), per architecture; a claim's measure is log10 of its metric at the last layer (floored at
-    1e-15, where float64 cannot tell the tokens apart any more), direction and margin as the plan declares:
+    mask and temperature), per architecture; a claim's measure is log10 of its metric (floored at 1e-15, where
+    float64 cannot tell the tokens apart any more) averaged over the layers ("METRIC@mean") or at the last layer
+    ("METRIC@last", or a bare METRIC), direction and margin as the plan declares:
 
-    1. collapse-like-source (default two-sided, TOST within 0.5 decades): does each ticket (constructed,
-       searched) end as collapsed as its random source, per norm?
-    2. ln-keeps-tickets-off-rank-one (default greater): is a ticket under LayerNorm / RMSNorm less collapsed at
-       the last layer than the random source without a norm?
+    1. collapse-like-source (default two-sided, TOST within 0.5 decades): is each ticket (constructed, searched)
+       as collapsed as its random source, per norm?
+    2. ln-keeps-tickets-off-rank-one (default greater): is a ticket under LayerNorm / RMSNorm less collapsed
+       than the random source without a norm?
     3. collapse-predicts-error (default two-sided): per weight seed, Spearman's rho across layers between the
        ticket's log10 metric and its log10 relative error against the target (averaged over the norms of that
        seed), against 0.
@@ -433,12 +450,12 @@ def _claims_of(rows: list[dict[str, Any]], spec: ClaimSpec) -> list[Any]:
 
     shapes = sorted({(r["mask"], r["temperature"]) for r in rows}, key=lambda x: x != BASE)
     base = [r for r in rows if shapes and (r["mask"], r["temperature"]) == shapes[0]]
-    metric, question = spec.measure, spec.question or CLAIMS[spec.name]
-    measure = f"log10 {metric} at the last layer"
+    metric, question = spec.measure.partition("@")[0], spec.question or CLAIMS[spec.name]
+    measure = measure_label(spec.measure)
     claims = []
 
     def arm(arch: str, norm: str, source: str) -> dict[int, float]:
-        return {r["seed"]: at_depth(r, metric) for r in base
+        return {r["seed"]: at_depth(r, spec.measure) for r in base
                 if r["arch"] == arch and r["norm"] == norm and r["source"] == source}
 
     def dropped_note(n: int) -> str:
