@@ -123,3 +123,16 @@ def test_collapse_command_runs_records_its_plan_and_feeds_the_report(tmp_path: P
     assert {"collapse-like-source", "ln-keeps-tickets-off-rank-one", "collapse-predicts-error"} <= names
     assert all(c["n"] == 3 for c in claims if c["name"] == "collapse-like-source")
     assert "Rank collapse across depth" in res.markdown.read_text()
+
+
+def test_claim_measures_read_depth_as_declared() -> None:
+    from sltlab.tasks.collapse import at_depth, measure_label
+
+    row = {"metrics": {"mu_rel": [1e-1, 1e-3, 0.0]}}  # the last layer collapsed below float64's floor
+    assert at_depth(row, "mu_rel") == at_depth(row, "mu_rel@last") == pytest.approx(-15)
+    assert at_depth(row, "mu_rel@mean") == pytest.approx((-1 - 3 - 15) / 3)
+    assert "mean over layers" in measure_label("mu_rel@mean")
+    with pytest.raises(ConfigError, match="claims.claim"):
+        from sltlab.analysis.claims import ClaimSpec, ClaimsPlan
+
+        CollapseStudy(claims=ClaimsPlan(claim=(ClaimSpec("collapse-like-source", "mu_rel@first"),)))
