@@ -371,32 +371,20 @@ def construct_relu_pair(
     labels: list[str] = []
     unreachable = 0
     for sign in signs:
-        # Units of this sign, per block, left-aligned and zero-padded to the longest block (a zero candidate
-        # changes no sum; padded slots are dropped when the masks are written).
-        sel = (a_sel > 0) if sign > 0 else (a_sel < 0)
-        m = int(sel.sum(1).max()) if u else 0
-        slot = np.full((in_dim, m), -1, dtype=np.int64)
+        realised[sign] = np.zeros_like(W)
         for j in range(in_dim):
-            idx = unit[j][sel[j]]
-            slot[j, : len(idx)] = idx
-        valid = slot >= 0
-        safe = np.where(valid, slot, 0)
-        a_of = A[safe, np.arange(in_dim)[:, None]] * valid  # (in, m)
-        C = B[:, safe] * a_of[None] * scale  # (out, in, m)
-        Cf, Tf = C.reshape(out_dim * in_dim, m), W.reshape(-1)
-        Z, lab = solve_subset_sums(Cf, Tf, cfg, progress=progress, desc=f"{desc} {'+' if sign > 0 else '-'}")
-        labels += lab
-        Z = Z & np.broadcast_to(valid[None], (out_dim, in_dim, m)).reshape(out_dim * in_dim, m)
-        realised[sign] = (Cf * Z).sum(1).reshape(out_dim, in_dim)
-        lo = np.where(Cf < 0, Cf, 0).sum(1)
-        hi = np.where(Cf > 0, Cf, 0).sum(1)
-        unreachable += int(((Tf < lo - 1e-12) | (Tf > hi + 1e-12)).sum())
-        rows = slot[valid]
-        mask_a[rows, np.nonzero(valid)[0]] = True
-        Z3 = Z.reshape(out_dim, in_dim, m)
-        for j in range(in_dim):
-            k = int(valid[j].sum())
-            mask_b[:, slot[j, :k]] = Z3[:, j, :k]
+            # Block j's units of this sign: one subset-sum per output row over their candidates b[l, i] a[i, j].
+            # Each block is solved with its own candidate count (no padding: meet-in-the-middle costs 2^(m/2)).
+            units = unit[j][(a_sel[j] > 0) if sign > 0 else (a_sel[j] < 0)]
+            C = B[:, units] * A[units, j][None, :] * scale  # (out, m)
+            Z, lab = solve_subset_sums(C, W[:, j], cfg, progress=progress,
+                                       desc=f"{desc} {'+' if sign > 0 else '-'}{j}")
+            labels += lab
+            realised[sign][:, j] = (C * Z).sum(1)
+            lo, hi = np.where(C < 0, C, 0).sum(1), np.where(C > 0, C, 0).sum(1)
+            unreachable += int(((W[:, j] < lo - 1e-12) | (W[:, j] > hi + 1e-12)).sum())
+            mask_a[units, j] = True
+            mask_b[:, units] = Z
     errs = [realised[sg] - W for sg in signs]
     max_abs = max(float(np.abs(e).max()) if e.size else 0.0 for e in errs)
     rel = float(np.sqrt(sum((e**2).sum() for e in errs) / len(signs)) / max(np.linalg.norm(W), 1e-300))
