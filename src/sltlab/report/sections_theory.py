@@ -31,7 +31,7 @@ def is_blocks_run(rec: RunRecord) -> bool:
 
 # ----------------------------------------------------------------------------------------------------- blocks
 def section_blocks(ctx: ReportContext, theory: list[RunRecord]) -> Section:
-    from sltlab.tasks.theory.blocks import add_rows, exp_of, summarise_blocks
+    from sltlab.tasks.theory.blocks import exp_of
 
     s = Section("Theory: constructed tickets for whole blocks, with and without LayerNorm")
     recs = [r for r in theory if is_blocks_run(r) and r.status == "finished"]
@@ -39,31 +39,53 @@ def section_blocks(ctx: ReportContext, theory: list[RunRecord]) -> Section:
         s.note("No `sltlab theory blocks` runs in the store. Run `sltlab theory blocks configs/theory_blocks.toml`.")
         ctx.missing.append("whole-block construction runs (sltlab theory blocks)")
         return s
+    groups: dict[Any, list[RunRecord]] = defaultdict(list)
+    for r in recs:  # one study per setting of the experiment (d, heads, depth, source, ...): never mixed
+        groups[exp_of(r.config)].append(r)
+    s.p("Target: a stack of residual blocks (attention + ReLU MLP); source: the same with per-head width n and the "
+        "theory's PairedMLP (two random layers per target layer), theory init. The constructed ticket (subset-sum, "
+        "`sltlab.tickets.construct`) is built block by block; the first b blocks of the stack are the b-block "
+        "stack, so every depth is read from one stack. Fits of log(error) against width past the threshold (at "
+        "most 1% of the subset-sum entries out of range) use the weight seed as the unit (slope: t interval over "
+        "seeds; lack-of-fit F test per law); an e-fold width's interval is ∞ where the slope's includes 0.")
+    out = {}
+    for i, (e, grecs) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0].d_model, kv[0].source_gain))):
+        label = f"d={e.d_model}, H={e.heads}, {e.blocks} blocks, source gain {e.source_gain:g}"
+        out[label] = _blocks_group(ctx, s, e, grecs, label, i)
+    ctx.summary["theory_blocks"] = out
+    return s
+
+
+def _efold(f: dict[str, Any]) -> str:
+    def one(x: Any) -> str:
+        return "∞" if x == math.inf else fmt(x)
+
+    return f"{one(f.get('e_fold_width', math.nan))} [{one(f.get('e_fold_ci_low', math.nan))}, " \
+           f"{one(f.get('e_fold_ci_high', math.nan))}]"
+
+
+def _blocks_group(ctx: ReportContext, s: Section, e: Any, recs: list[RunRecord], label: str, i: int
+                  ) -> dict[str, Any]:
+    from sltlab.tasks.theory.blocks import add_rows, summarise_blocks
+
     rows: list[dict[str, Any]] = []
     bound_rows: list[dict[str, Any]] = []
     search_rows: list[dict[str, Any]] = []
     for r in recs:
         add_rows(r.config, r.metrics, rows, bound_rows, search_rows)
-    e = exp_of(next(r.config for r in recs if r.config["experiment"] == "blocks-construct"))
     summary, pngs = summarise_blocks(e, rows, bound_rows, search_rows)
-    s.p(f"Target: a stack of {e.blocks} residual blocks (attention with {e.heads} heads + ReLU MLP, d = {e.d_model}); "
-        "source: the same with per-head width n and the theory's PairedMLP (two random layers per target layer), "
-        "theory init. The constructed ticket (subset-sum, `sltlab.tickets.construct`) is built block by block; "
-        "the first b blocks of the stack are the b-block stack, so every depth is read from one stack. Fits of "
-        "log(error) against width past the threshold (at most 1% of the subset-sum entries out of range) use the "
-        "weight seed as the unit (slope: t interval over seeds; lack-of-fit F test per law).")
-    names = {n: ctx.figures.add(f"theory_{n}", png) for n, png in pngs.items()}
-    s.figure(names["blocks.png"], "Left: error against width after block 1 (dashed) and the last block (solid), "
-             "geometric mean over weight seeds. Middle: error after every block at the widest width. Right: the "
-             "measured error (o) and the stated bound (^) per block (median max-token error over sequences).")
+    names = {n: ctx.figures.add(f"theory_{i}_{n}", png) for n, png in pngs.items()}
+    s.p(f"**{label}.**")
+    s.figure(names["blocks.png"], f"{label}. Left: error against width after block 1 (dashed) and the last block "
+             "(solid), geometric mean over weight seeds. Middle: error after every block at the widest width. "
+             "Right: the measured error (o) and the stated bound (^) per block (median max-token error over "
+             "sequences).")
     fit_rows = []
     for key, f in summary.items():
         if " block " not in key or not isinstance(f, dict) or "threshold" not in f:
             continue
         variant, _, block = key.rpartition(" block ")
-        fit_rows.append([variant, block, fmt(f["threshold"]), f.get("n_seeds"), f.get("n_widths"),
-                         f"{fmt(f.get('e_fold_width', math.nan))} [{fmt(f.get('e_fold_ci_low', math.nan))}, "
-                         f"{fmt(f.get('e_fold_ci_high', math.nan))}]",
+        fit_rows.append([variant, block, fmt(f["threshold"]), f.get("n_seeds"), f.get("n_widths"), _efold(f),
                          fmt(f.get("exp_r2", math.nan)), fmt(f.get("power_r2", math.nan)),
                          fmt(f.get("exp_lack_of_fit_p", math.nan)), fmt(f.get("power_lack_of_fit_p", math.nan)),
                          f.get("better", "n/a")])
@@ -82,19 +104,19 @@ def section_blocks(ctx: ReportContext, theory: list[RunRecord]) -> Section:
         "sequences, means over seeds). 'holds' is the smallest share of sequences within the bound (1 = always).")
     s.table(Table(["variant", "holds", "block: error / bound / amplification / norm gain"], bound))
     if "blocks_search.png" in names:
-        s.figure(names["blocks_search.png"], "Searched tickets (edge-popup, the same paired source, several settings) "
-                 "beside the constructed ones at the same widths.")
+        s.figure(names["blocks_search.png"], f"{label}: searched tickets (edge-popup, the same paired source, "
+                 "several settings) beside the constructed ones at the same widths.")
         gaps = [[k.removeprefix("gap "), d["n_seeds"], f"{fmt(d['ratio'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]",
                  fmt(d["p"])] for k, d in summary.items() if k.startswith("gap ")]
         s.p("Search / construction error ratio per width, paired by weight seed (geometric mean, 95% t interval "
             "on the log scale):")
         s.table(Table(["setting and width", "seeds", "ratio [95% CI]", "paired t p"], gaps))
-    _blocks_claims(ctx, rows, search_rows, e)
-    ctx.summary["theory_blocks"] = summary
-    return s
+    _blocks_claims(ctx, rows, search_rows, e, label)
+    return summary
 
 
-def _blocks_claims(ctx: ReportContext, rows: list[dict[str, Any]], search_rows: list[dict[str, Any]], e: Any) -> None:
+def _blocks_claims(ctx: ReportContext, rows: list[dict[str, Any]], search_rows: list[dict[str, Any]], e: Any,
+                   label: str) -> None:
     from sltlab.analysis.claims import make_claim, shared_units
 
     wmax = max(r["width"] for r in rows)
@@ -112,7 +134,7 @@ def _blocks_claims(ctx: ReportContext, rows: list[dict[str, Any]], search_rows: 
         a, b, dropped = shared_units(growth[v], growth["none"])
         if a:
             ctx.claims.add(make_claim(
-                "ln-slows-error-growth", f"theory blocks, width {wmax}", v, "none",
+                "ln-slows-error-growth", f"theory blocks {label}, width {wmax}", v, "none",
                 "log10(error after the last block / after block 1)", a, b, "less", 0.0,
                 "Does LayerNorm slow the growth of a constructed ticket's error across depth?",
                 f"{dropped} seed(s) without both arms" if dropped else ""))
@@ -128,7 +150,8 @@ def _blocks_claims(ctx: ReportContext, rows: list[dict[str, Any]], search_rows: 
         a, b, _ = shared_units(arm, built)
         if a:
             ctx.claims.add(make_claim(
-                "construction-beats-search", f"theory blocks, {e.search_blocks} block(s), width {wsearch}", method,
+                "construction-beats-search", f"theory blocks {label}, {e.search_blocks} block(s), width {wsearch}",
+                method,
                 "construct", "log10 relative error", a, b, "greater", 0.0,
                 "Is the constructed ticket more accurate than a searched one at the same width?"))
 
