@@ -186,6 +186,8 @@ def test_norm_affine_is_copied_into_ln_integrated_tickets_and_folded_for_pre_rms
     with torch.no_grad():
         rel = (source(x)[0] - target(x)[0]).norm() / target(x)[0].norm()
     assert float(rel) < 0.05
+    with pytest.raises(ConfigError, match="bound.norms"):  # a folded gain: the norms differ, no bound
+        propagation(source, target, x)
     target, source = _stack_pair("pre-ln", affine=True)
     with pytest.raises(ConfigError, match=r"\+affine"):
         construct_ticket(source, target, EXACT)

@@ -27,7 +27,8 @@ norm2(. + mlp .)), this gives e_b <= bound_b(e_(b-1)) for every block b. All nor
 What it does not say. The bound is evaluated on given inputs (a-posteriori in the target's activations, not
 worst case over all inputs); with small sigma somewhere it is large, as it must be, and it is loose where
 attention's worst case is far from its typical case. It does not apply to searched tickets (their MLP pairs
-are not one connection per hidden unit; `ticket_matrices` refuses them) nor to gains folded into a frozen source.
+are not one connection per hidden unit; `pair_maps` refuses them) nor to gains folded into a frozen source
+(`propagation` refuses norms that differ between source and target).
 
 Beside the bound, `propagation` measures what happened: the error after every block, the block's own error on the
 ticket's actual input (delta_b = ||F_s(x_s) - F_t(x_s)||), and the realised amplification of the incoming error
@@ -222,6 +223,7 @@ def propagation(source: nn.Module, target: nn.Module, x: torch.Tensor, causal: b
     where no error came in: the first block), "ln_factor"; and "target_scale" (B,): the target output's largest
     token norm (for relative numbers).
     """
+    _check_same_norms(source, target)
     # In float64, so that what is measured is the construction's error and not float32 rounding (~1e-7).
     source, target = copy.deepcopy(source).double().eval(), copy.deepcopy(target).double().eval()
     x = x.double()
@@ -245,6 +247,22 @@ def propagation(source: nn.Module, target: nn.Module, x: torch.Tensor, causal: b
         out["ln_factor"].append(b["ln_factor"])
         xt, xs = yt, ys
     return {**out, "target_scale": _token_max(xt)}
+
+
+def _check_same_norms(source: nn.Module, target: nn.Module) -> None:
+    """The bound compares the source's sublayers with the target's on the same normalised input: every norm must
+    compute the same function in both (identity affine, or the target's copied into an LN-integrated ticket)."""
+    smods = dict(source.named_modules())
+    for name, t in target.named_modules():
+        if not is_norm(t):
+            continue
+        s = smods.get(name)
+        sp = dict(s.named_parameters()) if s is not None else {}
+        same = s is not None and all(n in sp and torch.equal(p, sp[n]) for n, p in t.named_parameters())
+        if not same:
+            raise ConfigError("bound.norms", f"norm {name!r} differs between source and target (a gain folded into "
+                              "a frozen source?): the bound compares sublayers on the same normalised input",
+                              "identity affine in both, or the LN-integrated ticket (copied affine)")
 
 
 def summarise(prop: dict[str, Any]) -> dict[str, list[float]]:
