@@ -30,20 +30,21 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from sltlab.analysis.claims import ClaimSpec, ClaimsPlan
+from sltlab.analysis.claims import Claim, ClaimSpec, ClaimsPlan
 from sltlab.errors import ConfigError
 from sltlab.nn.init import INIT_SCHEMES, InitSpec, seeded_normal
 from sltlab.nn.norm import NormSpec
 from sltlab.nn.transformer import ModelConfig, MultiHeadAttention
 from sltlab.runs.config import check_range
-from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, run_cells
+from sltlab.runs.executor import Cell, CellContext, CellOutput, ExecOptions, SweepReport, run_cells
+from sltlab.runs.store import RunRecord, Store
 from sltlab.tickets.construct import ConstructConfig
 from sltlab.tickets.search import SearchConfig
 from sltlab.tickets.spec import ModelSpec, build_model
@@ -252,8 +253,7 @@ class CollapseRun:
         s = self.study
         mask = SupermaskConfig(keep=s.keep, scale="layer", seed=self.seed) if masked else None
         options = {"mlp_pairs": 2 * max(1, s.width // s.d_model)} if self.mlp else {}
-        model = replace(self._model(s.width), d_ff=4 * s.d_model)
-        return ModelSpec(self.arch_name, model,  # type: ignore[arg-type]
+        return ModelSpec(self.arch_name, self._model(s.width),  # type: ignore[arg-type]
                          InitSpec(s.source_init, seed=10_000 + self.seed, gain=s.source_gain),  # type: ignore[arg-type]
                          mask, options)
 
@@ -366,15 +366,14 @@ def load_study(path: str) -> CollapseStudy:
 def run_study(study: CollapseStudy, store_path: str | None = None, progress: bool = True,
               log: Callable[[str], None] = print, options: ExecOptions | None = None) -> list[str]:
     """Run every cell not yet finished in the store; return all the cells' run ids, in order."""
-    from sltlab.runs.store import Store
-
     opts = options or ExecOptions(executor="serial", threads=study.threads, progress=progress)
     with Store(store_path or study.store) as store:
         report = run_sweep(study, store, opts, log)
     return report.run_ids
 
 
-def run_sweep(study: CollapseStudy, store: Any, options: ExecOptions, log: Callable[[str], None] = print) -> Any:
+def run_sweep(study: CollapseStudy, store: Store, options: ExecOptions,
+              log: Callable[[str], None] = print) -> SweepReport:
     """Record the study's claims plan (once, before any cell runs), then run every cell not yet finished."""
     from sltlab.tasks.plans import record_plan
 
@@ -394,7 +393,7 @@ BASE = ("full", 1.0)
 RELATIVE = ("mu_rel", "res_l1linf")  # scale-free metrics, floored at FLOOR when shown
 
 
-def record_rows(records: list[Any]) -> list[dict[str, Any]]:
+def record_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per finished cell: its settings and per-layer lists (metrics of the source and of the target,
     and the source's error against the target)."""
     rows = []
@@ -425,7 +424,7 @@ def measure_label(measure: str) -> str:
     return f"log10 {metric}, mean over layers" if where == "mean" else f"log10 {metric} at the last layer"
 
 
-def collapse_claims(rows: list[dict[str, Any]], plan: ClaimsPlan | None = None) -> list[Any]:
+def collapse_claims(rows: list[dict[str, Any]], plan: ClaimsPlan | None = None) -> list[Claim]:
     """The plan's claims (sltlab.analysis.claims), paired by weight seed, at the base attention shape (the first
     mask and temperature), per architecture; a claim's measure is log10 of its metric (floored at 1e-15, where
     float64 cannot tell the tokens apart any more) averaged over the layers ("METRIC@mean") or at the last layer
@@ -443,7 +442,7 @@ def collapse_claims(rows: list[dict[str, Any]], plan: ClaimsPlan | None = None) 
     return [c for spec in plan.claim for c in _claims_of(rows, spec)]
 
 
-def _claims_of(rows: list[dict[str, Any]], spec: ClaimSpec) -> list[Any]:
+def _claims_of(rows: list[dict[str, Any]], spec: ClaimSpec) -> list[Claim]:
     from scipy import stats as sps
 
     from sltlab.analysis.claims import make_claim, shared_units
