@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from sltlab.errors import ConfigError
 from sltlab.runs.config import apply_sets, check_range, from_dict, load_toml
@@ -14,6 +16,11 @@ from sltlab.runs.device import Where
 from sltlab.tickets.construct import ConstructConfig
 
 DEFAULT_CONFIG = "configs/theory_quick.toml"
+
+# Lists of the blocks experiment that may be empty (no variants against a random target affine, no searched
+# tickets): the schema (sltlab.runs.config) refuses any other empty list whose default has items.
+MaybeStrs = Annotated[tuple[str, ...], Field(min_length=0)]
+MaybeInts = Annotated[tuple[int, ...], Field(min_length=0)]
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,7 @@ class BlocksExp:
     blocks: int = 8
     widths: tuple[int, ...] = (48, 64, 80, 96, 112, 128, 144, 160)
     variants: tuple[str, ...] = ("none", "pre-ln", "post-ln", "pre-rms", "post-rms")
-    affine_variants: tuple[str, ...] = ("pre-ln+affine", "pre-rms")
+    affine_variants: MaybeStrs = ("pre-ln+affine", "pre-rms")
     seeds: tuple[int, ...] = (0, 1, 2)
     source_init: str = "theory"
     source_gain: float = 1.0
@@ -117,11 +124,11 @@ class BlocksExp:
     bound_inputs: int = 64
     floor: float = 3e-6
     search_blocks: int = 1
-    search_widths: tuple[int, ...] = (64, 128)
-    search_variants: tuple[str, ...] = ("pre-ln",)
-    search_inits: tuple[str, ...] = ("theory", "kaiming-uniform")
-    search_settings: tuple[str, ...] = ("default", "density", "warm", "long")
-    search_seeds: tuple[int, ...] = (0, 1, 2)
+    search_widths: MaybeInts = (64, 128)
+    search_variants: MaybeStrs = ("pre-ln",)
+    search_inits: MaybeStrs = ("theory", "kaiming-uniform")
+    search_settings: MaybeStrs = ("default", "density", "warm", "long")
+    search_seeds: MaybeInts = (0, 1, 2)
     search_steps: int = 200
     search_lr: float = 0.05
     warm_lr: float = 0.005
@@ -130,9 +137,8 @@ class BlocksExp:
 
 
 SEARCH_SETTINGS = ("default", "density", "warm", "long")
-# Lists that may be empty: no variants against a random target affine, no searched tickets.
 OPTIONAL_LISTS = ("affine_variants", "search_widths", "search_variants", "search_inits", "search_settings",
-                  "search_seeds")
+                  "search_seeds")  # the fields annotated MaybeStrs / MaybeInts
 
 
 @dataclass(frozen=True)
