@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from sltlab.errors import ConfigError
-from sltlab.nn.transformer import ModelConfig, NormedAttention, Stack
+from sltlab.nn.transformer import ModelConfig, NormedAttention, Stack, run_layers
 
 
 class ReluPair(nn.Module):
@@ -85,14 +85,7 @@ class AttentionChain(nn.Module):
         return_hidden: bool = False,
         skip_attn: frozenset[int] = frozenset(),
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        attns, hidden = [], []
-        for i, layer in enumerate(self.layers):
-            x, a = layer(x, pad_mask, causal, need_weights, skip_attn=i in skip_attn)
-            if need_weights:
-                attns.append(a)
-            if return_hidden:
-                hidden.append(x)
-        return x, attns, hidden
+        return run_layers(self.layers, x, pad_mask, causal, need_weights, return_hidden, skip_attn)
 
     @property
     def blocks(self) -> nn.ModuleList:

@@ -372,6 +372,27 @@ def _tie_linears(block: Block, owner: Block, own_mask: bool = True) -> None:
                     setattr(m, OWN_MASK, True)
 
 
+def run_layers(
+    layers: nn.ModuleList,
+    x: torch.Tensor,
+    pad_mask: torch.Tensor | None,
+    causal: bool,
+    need_weights: bool,
+    return_hidden: bool,
+    skip_attn: frozenset[int],
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Layers in sequence, collecting attention maps and outputs when asked: one loop for every stack-like module
+    (Stack, sltlab.nn.theory.AttentionChain), so the approximation study reads them all alike."""
+    attns, hidden = [], []
+    for i, layer in enumerate(layers):
+        x, a = layer(x, pad_mask, causal, need_weights, skip_attn=i in skip_attn)
+        if need_weights:
+            attns.append(a)
+        if return_hidden:
+            hidden.append(x)
+    return x, attns, hidden
+
+
 class Stack(nn.Module):
     """B blocks, plus a final norm for pre-norm models (post-norm blocks already end normalised).
 
@@ -402,13 +423,7 @@ class Stack(nn.Module):
         skip_attn: frozenset[int] = frozenset(),
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Returns (output, per-block attention maps if asked, per-block outputs if asked)."""
-        attns, hidden = [], []
-        for i, block in enumerate(self.blocks):
-            x, a = block(x, pad_mask, causal, need_weights, skip_attn=i in skip_attn)
-            if need_weights:
-                attns.append(a)
-            if return_hidden:
-                hidden.append(x)
+        x, attns, hidden = run_layers(self.blocks, x, pad_mask, causal, need_weights, return_hidden, skip_attn)
         if self.norm_f is not None:
             x = self.norm_f(x)
         return x, attns, hidden
