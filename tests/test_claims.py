@@ -31,16 +31,21 @@ def test_verdicts_follow_the_rule() -> None:
     nomargin = cs.add(make_claim("nomargin", "s", "ln", "none", "m", a0, b0, "greater"))
     a1, b1 = _arms(0.0, n=2)
     tiny = cs.add(make_claim("tiny", "s", "ln", "none", "m", a1, b1, "two-sided", margin=0.01))
+    # a real difference (0.003, sd 0.0005 over 12 seeds) inside the declared margin: negligible, not "supported"
+    a2, b2 = _arms(0.003, n=12, sd=0.0005)
+    small = cs.add(make_claim("small", "s", "ln", "none", "m", a2, b2, "greater", margin=0.01))
     cs.finalize()
+    assert small.p_holm < 0.05 and small.p_tost_holm < 0.05
+    assert small.verdict == "equivalent within margin"
     assert up.verdict == "supported"
     assert down.verdict == "contradicted"
     assert same.verdict == "equivalent within margin"
     assert nomargin.verdict == "inconclusive"  # no difference and no margin: never "the same"
     assert tiny.verdict == "inconclusive"  # fewer than 3 weight seeds
-    # Holm over every p-value of the set: 5 difference tests + 4 TOSTs (nomargin has none; tiny has 2 units)
-    assert cs.m == 9
+    # Holm over every p-value of the set: 6 difference tests + 5 TOSTs (nomargin has none; tiny has 2 units)
+    assert cs.m == 11
     assert all(c.p_holm >= c.result.p for c in cs.claims if math.isfinite(c.result.p))
-    assert up.alpha_mde == pytest.approx(0.05 / 9)
+    assert up.alpha_mde == pytest.approx(0.05 / 11)
     assert math.isfinite(up.mde) and up.mde > 0
     d = up.as_dict()
     assert d["n"] == 10 and set(d["values"]) == {str(i) for i in range(10)} and d["verdict"] == "supported"

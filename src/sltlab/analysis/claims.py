@@ -12,10 +12,13 @@ and `finalize` applies, across all of them at once:
 - the minimum detectable effect of each claim: the mean difference its paired t test would detect with power 0.8 at
   its n, at alpha / m (the Holm threshold of the smallest p, the strictest step), with the observed sd;
 - the verdict:
-  * **supported**: the Holm-adjusted difference p < alpha and the effect has the predicted sign (for a two-sided
-    claim: any sign, "differs");
+  * **equivalent within margin**: a margin was declared and the Holm-adjusted TOST p < alpha. This comes first: the
+    margin is the smallest difference declared to matter, so a difference shown to lie inside it is, for the
+    question asked, no difference, even where the difference test also passes (a real but negligible effect; the
+    effect and its p stay in the row);
+  * **supported**: otherwise, the Holm-adjusted difference p < alpha and the effect has the predicted sign (for a
+    two-sided claim: any sign, "differs");
   * **contradicted**: the Holm-adjusted difference p < alpha with the opposite sign;
-  * **equivalent within margin**: otherwise, when a margin was declared and the Holm-adjusted TOST p < alpha;
   * **inconclusive**: everything else. "No difference" is never read as "the same".
 
 Limits: the t-based p, interval and MDE assume roughly normal differences across weight seeds; the exact Wilcoxon
@@ -209,13 +212,13 @@ def verdict(c: Claim, alpha: float) -> str:
     r = c.result
     if r.n < MIN_UNITS or not math.isfinite(r.effect):
         return "inconclusive"
+    if c.margin > 0 and math.isfinite(c.p_tost_holm) and c.p_tost_holm < alpha:
+        return "equivalent within margin"
     if math.isfinite(c.p_holm) and c.p_holm < alpha and r.effect != 0:
         if c.direction == "two-sided":
             return "supported"
         right = r.effect > 0 if c.direction == "greater" else r.effect < 0
         return "supported" if right else "contradicted"
-    if c.margin > 0 and math.isfinite(c.p_tost_holm) and c.p_tost_holm < alpha:
-        return "equivalent within margin"
     return "inconclusive"
 
 
