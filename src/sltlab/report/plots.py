@@ -30,7 +30,8 @@ def to_png(fig: Any) -> bytes:
     """Render and close a figure; PNG bytes with no timestamp, so the same numbers give the same file."""
     plt = _plt()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    # bbox "tight": long tick labels and legends are never clipped, whatever the layout engine managed
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return buf.getvalue()
 
@@ -94,7 +95,8 @@ def forest(claims: Sequence[Mapping[str, Any]]) -> bytes:
     """Every claim's standardised effect d_z with its interval, one row per claim, coloured by verdict."""
     plt = _plt()
     n = max(1, len(claims))
-    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.24 * n))
+    labels = [f"{c.get('compare')} vs {c.get('reference')} · {c.get('name')} · {c.get('scope')}" for c in claims]
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.24 * n))  # the labels widen the saved image (bbox "tight")
     for i, c in enumerate(claims):
         y = n - 1 - i
         d, lo, hi = c.get("dz"), *(c.get("dz_ci") or (math.nan, math.nan))
@@ -104,7 +106,6 @@ def forest(claims: Sequence[Mapping[str, Any]]) -> bytes:
                 ax.hlines(y, lo, hi, color=colr, lw=1.5)
             ax.plot([d], [y], "o", color=colr, ms=4)
     ax.axvline(0, color="black", lw=0.8)
-    labels = [f"{c.get('name')} · {c.get('scope')} · {c.get('compare')} vs {c.get('reference')}"[:80] for c in claims]
     ax.set_yticks(range(n - 1, n - 1 - len(labels), -1), labels, fontsize=6)
     ax.set_xlabel("d_z = mean paired difference / sd of the differences (compare − reference), 95% interval")
     for v, colr in VERDICT_COLOURS.items():
