@@ -109,7 +109,7 @@ hypothesis-pilot: install
 
 # Issue 21, the theory with LayerNorm (docs/results/theory.md sections 6-7): whole-block constructed tickets with
 # every norm (d=4 ~25 min, d=8 ~22 min on the shared 2-core machine, one worker) and rank collapse across depth
-# (quick ~3 min, the documented study ~40 min, to depth 64 ~15 min).
+# (quick ~3 min; the documented study 15 min and depth 64 4.4 min by their stores' timestamps, one worker).
 theory-blocks: install
 	$(BIN)/sltlab theory blocks configs/theory_blocks.toml --store runs/theory_blocks.db --out-dir runs/theory_blocks --workers 1
 	$(BIN)/sltlab theory blocks configs/theory_blocks_d8.toml --store runs/theory_blocks_d8.db --out-dir runs/theory_blocks_d8 --workers 1

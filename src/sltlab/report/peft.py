@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class TableCell:
     scores: dict[int, float]
     runs: list[Any]
     grid: dict[float, dict[int, float]]
+    #: held-out training rows' main metric (points) per lr and seed: what chose the lr
+    held: dict[float, dict[int, float]] = field(default_factory=dict)
 
     @property
     def mean(self) -> float:
@@ -113,7 +115,8 @@ def collect_cells(sweep: SweepConfig, store: Store) -> dict[tuple[str, str], Tab
 
         # in the grid's order, so a tie goes to the lr listed first, as the sweep chose (tasks.peft.sweep.best_lr)
         lr = max(grid, key=rank)
-        cells[key] = TableCell(key[0], key[1], lr, dict(sorted(grid[lr].items())), by_lr[lr], grid)
+        held_pts = {g: {seed: 100 * v for seed, v in by_seed.items()} for g, by_seed in held.items()}
+        cells[key] = TableCell(key[0], key[1], lr, dict(sorted(grid[lr].items())), by_lr[lr], grid, held_pts)
     return cells
 
 
@@ -429,16 +432,21 @@ def write_report(sweep: SweepConfig, store: Store, path: Path, command: str = ""
         "",
         "## Learning-rate grid (every run)",
         "",
-        "| task | method | lr | main by seed |",
-        "| --- | --- | ---: | --- |",
+        "The lr is chosen on the held-out training rows (`holdout_main`, never seen in training or by the Fisher "
+        "selection); dev, beside it, chose nothing.",
+        "",
+        "| task | method | lr | held-out main by seed (chooses) | dev main by seed (reported) |",
+        "| --- | --- | ---: | --- | --- |",
     ]
     for t in tasks:
         for lab in labels:
             c = cells.get((t, lab))
             for lr, by_seed in sorted((c.grid if c else {}).items()):
                 mark = " (chosen)" if lr == c.lr else ""
+                held = c.held.get(lr, {})
                 lines.append(
                     f"| {t} | {lab} | {lr:g}{mark} | "
+                    + (", ".join(f"s{s}: {_fmt(v)}" for s, v in sorted(held.items())) or "–") + " | "
                     + ", ".join(f"s{s}: {v:.1f}" for s, v in sorted(by_seed.items()))
                     + " |"
                 )
