@@ -270,6 +270,26 @@ class LinearConstruction:
     unreachable: int  # entries outside [sum of negative candidates, sum of positive candidates]
 
 
+def _chain(target: torch.Tensor, a: torch.Tensor, b: torch.Tensor, hidden: str
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """target (out x in), first layer a (h x in), second b (out x h) as float64 arrays, checked to chain; the hidden
+    unit of (input block j, slot i), h // in units per input coordinate, and a's entry that feeds it."""
+    W = target.detach().double().cpu().numpy()
+    A = a.detach().double().cpu().numpy()
+    B = b.detach().double().cpu().numpy()
+    out_dim, in_dim = W.shape
+    h = A.shape[0]
+    if A.shape[1] != in_dim or B.shape != (out_dim, h):
+        raise ConfigError(
+            "construct.shapes",
+            f"target {W.shape}, first {A.shape}, second {B.shape} do not chain",
+            f"target (out, in), first ({hidden}, in), second (out, {hidden})",
+        )
+    per = h // in_dim
+    unit = np.arange(in_dim)[:, None] * per + np.arange(per)[None, :]  # (in, per)
+    return W, A, B, unit, A[unit, np.arange(in_dim)[:, None]]
+
+
 def construct_linear(
     target: torch.Tensor,
     a: torch.Tensor,
@@ -281,21 +301,10 @@ def construct_linear(
 ) -> LinearConstruction:
     """Masks on A (n x in) and B (out x n) so that (B*Mb) @ (A*Ma) * scale approximates target (out x in)."""
     cfg = cfg or ConstructConfig()
-    W = target.detach().double().cpu().numpy()
-    A = a.detach().double().cpu().numpy()
-    B = b.detach().double().cpu().numpy()
+    W, A, B, idx, a_sel = _chain(target, a, b, "n")
     out_dim, in_dim = W.shape
-    n = A.shape[0]
-    if A.shape[1] != in_dim or B.shape != (out_dim, n):
-        raise ConfigError(
-            "construct.shapes",
-            f"target {W.shape}, first {A.shape}, second {B.shape} do not chain",
-            "target (out, in), first (n, in), second (out, n)",
-        )
-    m = n // in_dim  # n': hidden units per input coordinate
+    n, m = A.shape[0], idx.shape[1]  # m = n': hidden units per input coordinate
     # Candidates C[l, j, i] = B[l, j*m + i] * A[j*m + i, j] * scale.
-    idx = np.arange(in_dim)[:, None] * m + np.arange(m)[None, :]  # (in, m) hidden unit of (block j, slot i)
-    a_sel = A[idx, np.arange(in_dim)[:, None]]  # (in, m)
     C = B[:, idx] * a_sel[None] * scale  # (out, in, m)
     Cf, Tf = C.reshape(out_dim * in_dim, m), W.reshape(-1)
     Z, labels = solve_subset_sums(Cf, Tf, cfg, progress=progress, desc=desc)
@@ -350,20 +359,9 @@ def construct_relu_pair(
     the coordinate's block); False: the input is >= 0 (after a ReLU), so only the positive units are kept.
     """
     cfg = cfg or ConstructConfig()
-    W = target.detach().double().cpu().numpy()
-    A = a.detach().double().cpu().numpy()
-    B = b.detach().double().cpu().numpy()
+    W, A, B, unit, a_sel = _chain(target, a, b, "p")
     out_dim, in_dim = W.shape
     p = A.shape[0]
-    if A.shape[1] != in_dim or B.shape != (out_dim, p):
-        raise ConfigError(
-            "construct.shapes",
-            f"target {W.shape}, first {A.shape}, second {B.shape} do not chain",
-            "target (out, in), first (p, in), second (out, p)",
-        )
-    u = p // in_dim  # hidden units per input coordinate
-    unit = np.arange(in_dim)[:, None] * u + np.arange(u)[None, :]  # (in, u): hidden unit of (block j, slot i)
-    a_sel = A[unit, np.arange(in_dim)[:, None]]  # (in, u)
     signs = (1, -1) if signed else (1,)
     mask_a = np.zeros((p, in_dim), dtype=bool)
     mask_b = np.zeros((out_dim, p), dtype=bool)
