@@ -4,6 +4,7 @@ the submission's log, each option against a direct computation, and every defaul
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,7 +180,18 @@ def test_score_seed_moves_scores_and_batches_not_weights():
     assert not torch.equal(supermasks(a)["tok_emb"].scores, supermasks(b)["tok_emb"].scores)
 
 
-def test_dry_run_prints_the_submissions_shape_and_budget(capsys, tmp_path):
+def _tiny_corpora(root: Path) -> Path:
+    """A data folder of the two corpora's files (a dry run only fingerprints them; tests never read ../shared)."""
+    (root / "tinyshakespeare").mkdir(parents=True)
+    (root / "tinyshakespeare" / "input.txt").write_text("First Citizen: speak, speak.\n" * 50)
+    (root / "wikitext-2").mkdir()
+    for split in ("train", "valid", "test"):
+        (root / "wikitext-2" / f"{split}.txt").write_text(f" = {split} = \n the tower is tall .\n" * 50)
+    return root
+
+
+def test_dry_run_prints_the_submissions_shape_and_budget(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLTLAB_DATA", str(_tiny_corpora(tmp_path / "data")))
     assert cli_main(["lm", "configs/lm_golf.toml", "--dry-run", "--store", str(tmp_path / "s.db")]) == 0
     out = capsys.readouterr().out
     for text in ("16 layers x d 1024", "8 heads / 4 key-value heads", "118,489,088 mask bits",
@@ -212,7 +224,8 @@ def test_bad_golf_settings_are_one_clear_line(sets, field, capsys, tmp_path):
     assert not (tmp_path / "s.db").exists()
 
 
-def test_a_missing_tokenizer_model_or_shard_folder_is_named_before_any_run(capsys, tmp_path):
+def test_a_missing_tokenizer_model_or_shard_folder_is_named_before_any_run(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLTLAB_DATA", str(_tiny_corpora(tmp_path / "data")))
     for sets in (["tokenizer_model=" + str(tmp_path / "none.model")],
                  ["dataset=shards:" + str(tmp_path / "none"), "tokenizer_model=" + str(tmp_path / "none.model")]):
         argv = ["lm", "configs/lm_golf_cpu.toml", "--store", str(tmp_path / "s.db")]

@@ -288,7 +288,9 @@ def test_end_to_end_runs_and_store_records(tmp_path: Path) -> None:
     )
     from sltlab.report.peft import write_report
 
-    out = write_report(report_sweep, store, tmp_path / "docs" / "peft.md", command="sltlab peft ...")
+    # the baseline from the test's own dev rows (without data_dir the report would look for the real GLUE data)
+    out = write_report(report_sweep, store, tmp_path / "docs" / "peft.md", command="sltlab peft ...",
+                       data_dir=str(data))
     text = out.read_text()
     assert "| ln | " in text and "(n=2)" in text and "Holm" in text
     # every method predicts one class on this tiny task: no claim is tested on a trivial agreement
